@@ -1,0 +1,98 @@
+"""The ``flask jobs`` command group: thin wrappers over the extension."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import typing as t
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .errors import DurableJobsError
+
+jobs_cli = AppGroup("jobs", help="Durable background jobs.")
+
+
+def _ext() -> t.Any:
+    state = current_app.extensions.get("durable_jobs")
+    if state is None:
+        raise click.ClickException("flask-durable-jobs is not initialised on this app")
+    return state.ext
+
+
+def _echo(data: t.Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@jobs_cli.command("process")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Most jobs to claim.")
+def process_command(limit: int | None) -> None:
+    """Run due jobs once and print the counts."""
+    _echo(_ext().process_due(limit))
+
+
+@jobs_cli.command("sweep")
+def sweep_command() -> None:
+    """Recover running jobs whose lease expired."""
+    click.echo(f"recovered {_ext().sweep_orphans()} jobs")
+
+
+@jobs_cli.command("prune")
+@click.option("--older-than-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Prune succeeded and cancelled jobs older than this (default: retention).")
+def prune_command(older_than_days: float | None) -> None:
+    """Delete finished jobs past their retention."""
+    import datetime as dt
+
+    older = None if older_than_days is None else dt.timedelta(days=older_than_days)
+    click.echo(f"pruned {_ext().prune(older)} jobs")
+
+
+@jobs_cli.command("stats")
+def stats_command() -> None:
+    """Print job counts by status and type."""
+    _echo(_ext().stats())
+
+
+@jobs_cli.command("retry")
+@click.argument("job_id", type=click.IntRange(min=1))
+def retry_command(job_id: int) -> None:
+    """Send a dead or cancelled job back to pending."""
+    try:
+        job = _ext().retry(job_id)
+    except DurableJobsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"job {job.id} is {job.status}")
+
+
+@jobs_cli.command("work")
+def work_command() -> None:
+    """Run the job processor in the foreground until SIGINT or SIGTERM."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: t.Any) -> None:
+        click.echo(f"received signal {signum}; finishing running jobs", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ext = _ext()
+    ext.start()
+    click.echo("processing jobs; press Ctrl+C to stop", err=True)
+    while not stop.wait(0.5):
+        pass
+    ext.stop()
+
+
+@jobs_cli.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def upgrade_command(revision: str) -> None:
+    """Create or upgrade the job tables from the shipped migrations."""
+    from .migrations import upgrade
+
+    state = current_app.extensions["durable_jobs"]
+    upgrade(state.db.engine, revision)
+    click.echo(f"durable jobs schema at {revision}")

@@ -1,0 +1,143 @@
+"""Configuration keys, their defaults, and their validation.
+
+Every ``DURABLE_JOBS_*`` key is read and checked once, in ``init_app``; the
+result is an immutable :class:`Settings` kept in the app's extension state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from .errors import ConfigError
+
+#: Defaults, with units. Keys are the config names without ``DURABLE_JOBS_``.
+DEFAULTS: dict[str, t.Any] = {
+    "SCHEDULER": True,  # start the in-process scheduler
+    "POLL_INTERVAL": 1.0,  # seconds between due-job ticks
+    "SWEEP_INTERVAL": 30.0,  # seconds between orphan sweeps
+    "LEASE_SECONDS": 60.0,  # lease length, renewed while a handler runs
+    "CONCURRENCY": 4,  # handler threads per process
+    "BATCH_SIZE": 100,  # most jobs claimed per statement
+    "QUEUES": None,  # queues this process works; None = all
+    "SHUTDOWN_TIMEOUT": 10.0,  # seconds running jobs get at exit
+    "BACKOFF_BASE": 30.0,  # seconds before the first retry
+    "BACKOFF_FACTOR": 4.0,  # growth per failed attempt
+    "BACKOFF_MAX": 3600.0,  # cap, seconds
+    "BACKOFF_JITTER": 0.1,  # +/- fraction added to the default policy
+    "RETENTION_DAYS": 30.0,  # prune succeeded and cancelled jobs older than this
+    "DEAD_RETENTION_DAYS": 90.0,  # prune dead jobs older than this
+    "URL_PREFIX": "/admin/jobs",  # where the admin blueprint lives
+    "ADMIN_TOKEN": None,  # bearer token for the admin API
+}
+
+PREFIX = "DURABLE_JOBS_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    scheduler: bool
+    poll_interval: float
+    sweep_interval: float
+    lease_seconds: float
+    concurrency: int
+    batch_size: int
+    queues: tuple[str, ...] | None
+    shutdown_timeout: float
+    backoff_base: float
+    backoff_factor: float
+    backoff_max: float
+    backoff_jitter: float
+    retention_days: float
+    dead_retention_days: float
+    url_prefix: str
+    admin_token: str | None
+
+
+def _number(key: str, value: t.Any, *, minimum: float, strict: bool) -> float:
+    # bool is an int subclass; True as an interval is a mistake, not 1 second.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{PREFIX}{key} must be a number, got {type(value).__name__} {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{PREFIX}{key} must be a finite number, got {value!r}")
+    if (strict and value <= minimum) or (not strict and value < minimum):
+        relation = "greater than" if strict else "at least"
+        raise ConfigError(f"{PREFIX}{key} must be {relation} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _integer(key: str, value: t.Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{PREFIX}{key} must be an integer, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{PREFIX}{key} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{PREFIX}{key} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _queues(value: t.Any) -> tuple[str, ...] | None:
+    key = PREFIX + "QUEUES"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",")]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        names = list(value)
+    else:
+        raise ConfigError(
+            f"{key} must be a list of queue names or a comma-separated string,"
+            f" got {type(value).__name__}"
+        )
+    if not all(isinstance(name, str) and name.strip() for name in names):
+        raise ConfigError(f"{key} must name non-empty queues, got {value!r}")
+    return tuple(dict.fromkeys(name.strip() for name in names))
+
+
+def load(config: t.Mapping[str, t.Any]) -> Settings:
+    """Read every key from a Flask config, apply defaults, and validate."""
+
+    def get(key: str) -> t.Any:
+        return config.get(PREFIX + key, DEFAULTS[key])
+
+    scheduler = get("SCHEDULER")
+    if not isinstance(scheduler, bool):
+        raise ConfigError(f"{PREFIX}SCHEDULER must be True or False, got {scheduler!r}")
+
+    prefix = get("URL_PREFIX")
+    if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError(
+            f"{PREFIX}URL_PREFIX must be a path starting with '/' and not ending"
+            f" with '/', got {prefix!r}"
+        )
+
+    token = get("ADMIN_TOKEN")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ConfigError(f"{PREFIX}ADMIN_TOKEN must be a non-empty string or unset")
+
+    jitter = _number("BACKOFF_JITTER", get("BACKOFF_JITTER"), minimum=0, strict=False)
+    if jitter >= 1:
+        raise ConfigError(f"{PREFIX}BACKOFF_JITTER must be below 1, got {jitter!r}")
+
+    return Settings(
+        scheduler=scheduler,
+        poll_interval=_number("POLL_INTERVAL", get("POLL_INTERVAL"), minimum=0, strict=True),
+        sweep_interval=_number("SWEEP_INTERVAL", get("SWEEP_INTERVAL"), minimum=0, strict=True),
+        lease_seconds=_number("LEASE_SECONDS", get("LEASE_SECONDS"), minimum=0, strict=True),
+        concurrency=_integer("CONCURRENCY", get("CONCURRENCY"), minimum=1),
+        batch_size=_integer("BATCH_SIZE", get("BATCH_SIZE"), minimum=1),
+        queues=_queues(get("QUEUES")),
+        shutdown_timeout=_number(
+            "SHUTDOWN_TIMEOUT", get("SHUTDOWN_TIMEOUT"), minimum=0, strict=False
+        ),
+        backoff_base=_number("BACKOFF_BASE", get("BACKOFF_BASE"), minimum=0, strict=False),
+        backoff_factor=_number("BACKOFF_FACTOR", get("BACKOFF_FACTOR"), minimum=1, strict=False),
+        backoff_max=_number("BACKOFF_MAX", get("BACKOFF_MAX"), minimum=0, strict=False),
+        backoff_jitter=jitter,
+        retention_days=_number("RETENTION_DAYS", get("RETENTION_DAYS"), minimum=0, strict=True),
+        dead_retention_days=_number(
+            "DEAD_RETENTION_DAYS", get("DEAD_RETENTION_DAYS"), minimum=0, strict=True
+        ),
+        url_prefix=prefix,
+        admin_token=token,
+    )

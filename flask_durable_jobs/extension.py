@@ -1,0 +1,443 @@
+"""The :class:`DurableJobs` extension: the public entry point."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import typing as t
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+
+from . import config as config_module
+from . import handlers as handlers_module
+from . import payload as payload_json
+from .handlers import Handler, HandlerSpec
+from .migrations import define_version_table
+from .models import PENDING, Job, define_table, utcnow
+from .retry import Backoff, default_backoff
+from .scheduler import AFTER_FORK, NOW, Scheduler, start_decision, track
+from .store import Store, build_engine, make_store
+from .worker import Counts, Runner, empty_counts
+
+if t.TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .config import Settings
+
+log = logging.getLogger("flask_durable_jobs")
+
+EXTENSION_KEY = "durable_jobs"
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+
+class State:
+    """Everything the extension keeps for one app (``app.extensions["durable_jobs"]``)."""
+
+    def __init__(
+        self, ext: DurableJobs, app: Flask, db: SQLAlchemy, settings: Settings, table: sa.Table
+    ) -> None:
+        self.ext = ext
+        self.app = app
+        self.db = db
+        self.settings = settings
+        self.table = table
+        #: The clock every timestamp comes from; tests may replace it.
+        self.clock: t.Callable[[], dt.datetime] = utcnow
+        self.start_policy = ""
+        self._lock = threading.RLock()
+        self._store: Store | None = None
+        self._runner: Runner | None = None
+        self.scheduler: Scheduler | None = None
+        self.default_backoff: Backoff = default_backoff(
+            settings.backoff_base, settings.backoff_factor,
+            settings.backoff_max, settings.backoff_jitter,
+        )
+
+    def now(self) -> dt.datetime:
+        return self.clock()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    with self.app.app_context():
+                        app_engine = self.db.engine
+                    engine = build_engine(app_engine, pool_size=self.settings.concurrency + 2)
+                    self._store = make_store(engine, self.table)
+        return self._store
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            with self._lock:
+                if self._runner is None:
+                    self._runner = Runner(
+                        app=self.app,
+                        db=self.db,
+                        store=self.store,
+                        settings=self.settings,
+                        handlers=self.ext._handlers,
+                        default_backoff=self.default_backoff,
+                        clock=self.now,
+                    )
+        return self._runner
+
+    def start_scheduler(self) -> None:
+        with self._lock:
+            if self.scheduler is not None and self.scheduler.running:
+                return
+            self.scheduler = Scheduler(self)
+            self.scheduler.start()
+
+    def shutdown(self) -> None:
+        """Stop the scheduler (releasing unfinished jobs) and close resources."""
+        with self._lock:
+            scheduler, self.scheduler = self.scheduler, None
+            if scheduler is not None:
+                scheduler.stop()
+            runner, self._runner = self._runner, None
+            if runner is not None:
+                runner.close()
+            store, self._store = self._store, None
+        if store is not None:
+            with self.app.app_context():
+                app_engine = self.db.engine
+            if store.engine is not app_engine:
+                store.engine.dispose()
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's threads and connections."""
+        self._lock = threading.RLock()
+        self.scheduler = None
+        self._runner = None
+        if self._store is not None:
+            self._store.engine.dispose(close=False)
+            self._store = None
+        if self.start_policy == AFTER_FORK:
+            self.start_policy = NOW
+            self.start_scheduler()
+
+    def prune(self, older_than: dt.timedelta | None = None) -> int:
+        now = self.now()
+        finished = older_than if older_than is not None else dt.timedelta(
+            days=self.settings.retention_days
+        )
+        dead = dt.timedelta(days=self.settings.dead_retention_days)
+        return self.store.prune(now - finished, now - dead)
+
+
+class DurableJobs:
+    """Durable background jobs in the app's own database.
+
+    ``DurableJobs(app, db=db)`` or ``jobs = DurableJobs()`` then
+    ``jobs.init_app(app, db=db)``. One object may serve several apps; every
+    method that needs an app uses ``current_app``.
+    """
+
+    def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
+        self._db = db
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._admin_authorizer: t.Callable[[], bool] | None = None
+        if app is not None:
+            self.init_app(app, db=db)
+
+    # -- setup ----------------------------------------------------------------
+
+    def init_app(self, app: Flask, db: SQLAlchemy | None = None) -> None:
+        """Register the job table, admin API, CLI and (unless disabled) the scheduler."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "flask-durable-jobs is already registered on this app; call init_app once per app"
+            )
+        db = db or self._db or app.extensions.get("sqlalchemy")
+        if db is None:
+            raise RuntimeError(
+                "flask-durable-jobs needs Flask-SQLAlchemy: call db.init_app(app) first,"
+                " or pass db= to DurableJobs or init_app"
+            )
+        settings = config_module.load(app.config)
+        table = define_table(db.metadata)
+        define_version_table(db.metadata)
+        state = State(self, app, db, settings, table)
+        app.extensions[EXTENSION_KEY] = state
+
+        from . import admin, cli
+
+        admin.register(app, self, settings)
+        app.cli.add_command(cli.jobs_cli)
+        track(state)
+        if settings.scheduler:
+            decision, why = start_decision()
+            state.start_policy = decision
+            log.debug("durable jobs scheduler: %s (%s)", decision, why)
+            if decision == NOW:
+                state.start_scheduler()
+
+    def handler(
+        self,
+        name: str | F | None = None,
+        *,
+        max_attempts: int = handlers_module.DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+        queue: str = handlers_module.DEFAULT_QUEUE,
+        priority: int = handlers_module.DEFAULT_PRIORITY,
+        backoff: Backoff | None = None,
+    ) -> t.Any:
+        """Register a job handler: ``@jobs.handler`` or ``@jobs.handler("name", ...)``."""
+
+        def register(func: F) -> F:
+            job_type = name if isinstance(name, str) else handlers_module.default_name(func)
+            spec = handlers_module.make_spec(
+                job_type, t.cast(Handler, func), max_attempts=max_attempts, timeout=timeout,
+                queue=queue, priority=priority, backoff=backoff,
+            )
+            if job_type in self._handlers:
+                raise ValueError(f"a handler named {job_type!r} is already registered")
+            self._handlers[job_type] = spec
+            return func
+
+        if callable(name):
+            return register(name)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"handler name must be a string, got {type(name).__name__}")
+        return register
+
+    def admin_authorizer(self, func: F) -> F:
+        """Register ``func() -> bool`` deciding access to the admin API for the request."""
+        self._admin_authorizer = func
+        return func
+
+    # -- enqueue ----------------------------------------------------------------
+
+    @staticmethod
+    def _state() -> State:
+        try:
+            return t.cast(State, current_app.extensions[EXTENSION_KEY])
+        except KeyError:
+            raise RuntimeError(
+                "flask-durable-jobs is not initialised on this app: call jobs.init_app(app)"
+            ) from None
+
+    def _job_values(
+        self,
+        state: State,
+        job_type: str,
+        *,
+        delay: float | dt.timedelta | None,
+        run_at: dt.datetime | None,
+        queue: str | None,
+        priority: int | None,
+        max_attempts: int | None,
+    ) -> dict[str, t.Any]:
+        spec = self._handlers.get(job_type)
+        if spec is None:
+            known = ", ".join(sorted(self._handlers)) or "none"
+            raise LookupError(
+                f"no handler registered for job type {job_type!r} in this process"
+                f" (registered: {known})"
+            )
+        now = state.now()
+        if delay is not None and run_at is not None:
+            raise ValueError("give delay or run_at, not both")
+        if run_at is not None:
+            if not isinstance(run_at, dt.datetime):
+                raise TypeError(f"run_at must be a datetime, got {type(run_at).__name__}")
+            if run_at.tzinfo is None or run_at.utcoffset() is None:
+                raise ValueError(
+                    "run_at must be timezone-aware (e.g. datetime.now(timezone.utc));"
+                    " a naive datetime is ambiguous"
+                )
+            when = run_at.astimezone(dt.timezone.utc)
+        elif delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+                seconds >= 0
+            ):
+                raise ValueError(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
+            when = now + dt.timedelta(seconds=seconds)
+        else:
+            when = now
+        return {
+            "job_type": job_type,
+            "queue": spec.queue if queue is None else handlers_module.check_queue(queue),
+            "priority": spec.priority if priority is None else handlers_module.check_priority(
+                priority
+            ),
+            "max_attempts": spec.max_attempts if max_attempts is None
+            else handlers_module.check_max_attempts(max_attempts),
+            "status": PENDING,
+            "attempts": 0,
+            "run_at": when,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def enqueue(
+        self,
+        job_type: str,
+        payload: dict[str, t.Any] | None = None,
+        *,
+        delay: float | dt.timedelta | None = None,
+        run_at: dt.datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        commit: bool = True,
+    ) -> Job:
+        """Store a job in the caller's ``db.session``; commit it unless ``commit=False``."""
+        state = self._state()
+        values = self._job_values(
+            state, job_type, delay=delay, run_at=run_at, queue=queue,
+            priority=priority, max_attempts=max_attempts,
+        )
+        if payload is None:
+            payload = {}
+        payload_json.dumps_payload(payload)  # validates; names the bad key path
+        values["payload"] = payload
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255:
+                raise ValueError(
+                    f"idempotency_key must be a string of 1 to 255 characters,"
+                    f" got {idempotency_key!r}"
+                )
+            values["idempotency_key"] = idempotency_key
+        session = state.db.session
+        job, created = state.store.insert(session, values)
+        if created and job.run_at <= values["created_at"]:
+            self._wake_after_commit(state, session, commit)
+        elif commit:
+            session.commit()
+        return job
+
+    def enqueue_many(
+        self,
+        job_type: str,
+        payloads: t.Iterable[dict[str, t.Any]],
+        *,
+        delay: float | dt.timedelta | None = None,
+        run_at: dt.datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        commit: bool = True,
+    ) -> list[int]:
+        """Store many jobs of one type; returns their ids in payload order."""
+        state = self._state()
+        values = self._job_values(
+            state, job_type, delay=delay, run_at=run_at, queue=queue,
+            priority=priority, max_attempts=max_attempts,
+        )
+        rows = []
+        for index, payload in enumerate(payloads):
+            try:
+                payload_json.dumps_payload(payload)
+            except TypeError as exc:
+                raise TypeError(f"payloads[{index}]: {exc}") from None
+            rows.append({**values, "payload": payload})
+        session = state.db.session
+        ids = state.store.insert_many(session, rows)
+        if ids and values["run_at"] <= values["created_at"]:
+            self._wake_after_commit(state, session, commit)
+        elif commit:
+            session.commit()
+        return ids
+
+    @staticmethod
+    def _wake_after_commit(state: State, session: t.Any, commit: bool) -> None:
+        if state.scheduler is None and state._runner is None:
+            if commit:
+                session.commit()
+            return
+        if commit:
+            session.commit()
+            state.runner.wake()
+            return
+        sa.event.listen(session(), "after_commit", lambda _s: state.runner.wake(), once=True)
+
+    # -- reading and changing jobs ----------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id, or ``None``."""
+        return self._state().store.get(job_id)
+
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        job_type: str | None = None,
+        queue: str | None = None,
+        page: int = 1,
+        per_page: int = 50,
+    ) -> tuple[list[Job], int]:
+        """One page of jobs, newest first, and the number matching the filters."""
+        if page < 1 or not 1 <= per_page <= 200:
+            raise ValueError("page must be >= 1 and per_page between 1 and 200")
+        return self._state().store.list_jobs(
+            status=status, job_type=job_type, queue=queue,
+            offset=(page - 1) * per_page, limit=per_page,
+        )
+
+    def stats(self) -> dict[str, t.Any]:
+        """Counts by status and type, the due backlog, and due types nobody here handles."""
+        state = self._state()
+        return state.store.stats(state.now(), set(self._handlers))
+
+    def retry(self, job_id: int) -> Job:
+        """Send a ``dead`` or ``cancelled`` job back to ``pending``, due now."""
+        state = self._state()
+        job = state.store.retry(job_id, state.now())
+        if state._runner is not None:
+            state.runner.wake()
+        return job
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a ``pending`` or ``retrying`` job."""
+        state = self._state()
+        return state.store.cancel(job_id, state.now())
+
+    def delete(self, job_id: int) -> None:
+        """Delete a job that is not running."""
+        self._state().store.delete(job_id)
+
+    # -- processing ----------------------------------------------------------------
+
+    def process_due(self, limit: int | None = None) -> Counts:
+        """Claim up to ``limit`` due jobs, run them, wait, and return the counts."""
+        state = self._state()
+        if limit is None:
+            limit = state.settings.batch_size
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+        return state.runner.run(limit)
+
+    def drain(self) -> Counts:
+        """Process due jobs until none is due; returns the summed counts."""
+        total = empty_counts()
+        while True:
+            counts = self.process_due()
+            for key, value in counts.items():
+                total[key] += value
+            if counts["claimed"] == 0:
+                return total
+
+    def sweep_orphans(self) -> int:
+        """Recover running jobs whose lease expired; returns how many."""
+        return len(self._state().runner.sweep())
+
+    def prune(self, older_than: dt.timedelta | None = None) -> int:
+        """Delete finished jobs past their retention; returns how many."""
+        if older_than is not None and not isinstance(older_than, dt.timedelta):
+            raise TypeError(f"older_than must be a timedelta, got {type(older_than).__name__}")
+        return self._state().prune(older_than)
+
+    def start(self) -> None:
+        """Start the current app's scheduler in this process (if not running)."""
+        self._state().start_scheduler()
+
+    def stop(self) -> None:
+        """Stop the current app's scheduler as at exit: finish, then release."""
+        self._state().shutdown()

@@ -1,0 +1,88 @@
+"""Handler registration: names, options, and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from .retry import Backoff
+
+Handler = t.Callable[[dict[str, t.Any]], t.Any]
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_PRIORITY = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class HandlerSpec:
+    name: str
+    func: Handler
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = None
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    backoff: Backoff | None = None  # None: the app's default policy
+
+
+def default_name(func: t.Callable[..., t.Any]) -> str:
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if module == "__main__":
+        raise ValueError(
+            f"handler {qualname!r} is defined in __main__, whose name differs between"
+            " processes; give it an explicit name: @jobs.handler('name')"
+        )
+    if not module or not qualname:
+        raise ValueError(f"cannot derive a handler name from {func!r}; give one explicitly")
+    return f"{module}.{qualname}"
+
+
+def check_max_attempts(value: t.Any, what: str = "max_attempts") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_priority(value: t.Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"priority must be an integer, got {value!r}")
+    return value
+
+
+def check_queue(value: t.Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 100:
+        raise ValueError(f"queue must be a non-empty name of at most 100 characters, got {value!r}")
+    return value
+
+
+def make_spec(
+    name: str,
+    func: Handler,
+    *,
+    max_attempts: int,
+    timeout: float | None,
+    queue: str,
+    priority: int,
+    backoff: Backoff | None,
+) -> HandlerSpec:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ValueError(f"handler name must be a non-empty string of at most 200 characters,"
+                         f" got {name!r}")
+    if not callable(func):
+        raise TypeError(f"handler {name!r} must be callable, got {func!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    if backoff is not None and not callable(backoff):
+        raise TypeError(f"backoff must be a callable attempt -> seconds, got {backoff!r}")
+    return HandlerSpec(
+        name=name,
+        func=func,
+        max_attempts=check_max_attempts(max_attempts),
+        timeout=None if timeout is None else float(timeout),
+        queue=check_queue(queue),
+        priority=check_priority(priority),
+        backoff=backoff,
+    )

@@ -1,0 +1,75 @@
+"""Create the durable_jobs table.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-24
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+WAITING = "status IN ('pending', 'retrying')"
+RUNNING = "status = 'running'"
+FINISHED = "finished_at IS NOT NULL"
+
+
+def _json() -> sa.types.TypeEngine:
+    return sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
+
+
+def upgrade() -> None:
+    # An app that ran db.create_all() first already has the table; this
+    # revision then only records that the schema is current.
+    if sa.inspect(op.get_bind()).has_table("durable_jobs"):
+        return
+    op.create_table(
+        "durable_jobs",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                  primary_key=True, autoincrement=True),
+        sa.Column("job_type", sa.String(200), nullable=False),
+        sa.Column("queue", sa.String(100), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("payload", _json(), nullable=False),
+        sa.Column("result", _json(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("idempotency_key", sa.String(255), nullable=True),
+        sa.Column("lease_token", sa.String(32), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("worker_id", sa.String(200), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.UniqueConstraint("idempotency_key", name="uq_durable_jobs_idempotency_key"),
+    )
+    op.create_index(
+        "ix_durable_jobs_due", "durable_jobs", ["priority", "run_at", "id"],
+        postgresql_where=sa.text(WAITING), sqlite_where=sa.text(WAITING),
+    )
+    op.create_index(
+        "ix_durable_jobs_lease", "durable_jobs", ["lease_expires_at"],
+        postgresql_where=sa.text(RUNNING), sqlite_where=sa.text(RUNNING),
+    )
+    op.create_index("ix_durable_jobs_status_type", "durable_jobs", ["status", "job_type"])
+    op.create_index(
+        "ix_durable_jobs_finished", "durable_jobs", ["finished_at"],
+        postgresql_where=sa.text(FINISHED), sqlite_where=sa.text(FINISHED),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("durable_jobs")

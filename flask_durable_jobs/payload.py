@@ -1,0 +1,61 @@
+"""Strict JSON: what a payload or a result may hold.
+
+Payloads are checked before anything is stored, so a job that could never be
+decoded (or would decode differently) is refused at enqueue time with the key
+path that is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import typing as t
+
+
+def _path(parts: list[str | int]) -> str:
+    text = "payload"
+    for part in parts:
+        text += f"[{part!r}]"
+    return text
+
+
+def check(value: t.Any, parts: list[str | int] | None = None, *, root: str = "payload") -> None:
+    """Raise ``TypeError`` naming the key path of the first value strict JSON can't carry."""
+    parts = [] if parts is None else parts
+    if value is None or isinstance(value, (bool, str, int)):
+        return
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            where = _path(parts).replace("payload", root, 1)
+            raise TypeError(f"{where} is {value!r}, which strict JSON cannot carry")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                where = _path(parts).replace("payload", root, 1)
+                raise TypeError(
+                    f"{where} has a key {key!r} of type {type(key).__name__};"
+                    " JSON object keys must be strings"
+                )
+            check(item, [*parts, key], root=root)
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check(item, [*parts, index], root=root)
+        return
+    where = _path(parts).replace("payload", root, 1)
+    raise TypeError(f"{where} is a {type(value).__name__}, which JSON cannot carry")
+
+
+def dumps_payload(payload: t.Any) -> str:
+    """Validate a job payload (a JSON object) and serialise it."""
+    if not isinstance(payload, dict):
+        raise TypeError(f"payload must be a JSON object (a dict), got {type(payload).__name__}")
+    check(payload)
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
+def dumps_result(result: t.Any) -> str:
+    """Serialise a handler's return value, or raise ``TypeError`` naming the bad type."""
+    check(result, root="result")
+    return json.dumps(result, separators=(",", ":"), allow_nan=False)

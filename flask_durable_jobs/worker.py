@@ -1,0 +1,469 @@
+"""Claim due jobs, run them on handler threads, write their outcomes.
+
+One :class:`Runner` per app and process. :meth:`Runner.run` is the loop both
+``jobs.process_due()`` and the scheduler's tick use:
+
+1. claim up to a batch of due jobs of the types this process handles;
+2. hand them to the handler threads (each job in its own app context);
+3. collect outcomes as they come and write them in batches, each write fenced
+   by the claim's lease token;
+4. renew the leases of jobs still in flight (the heartbeat), fail attempts
+   that outlive their timeout, and at shutdown give back what did not finish.
+
+A handler thread stuck past its job's timeout cannot be killed in Python; it
+is abandoned (its result is discarded, and refused by the database anyway)
+and a fresh thread takes its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import traceback
+import typing as t
+import uuid
+from datetime import timedelta
+
+from . import payload as payload_json
+from .errors import Discard
+from .handlers import HandlerSpec
+from .models import DEAD, RETRYING, SUCCEEDED
+from .retry import Backoff, delay_for
+from .store import ClaimedRow, Finish
+
+if t.TYPE_CHECKING:
+    import datetime as dt
+
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .config import Settings
+    from .store import Store
+
+log = logging.getLogger("flask_durable_jobs")
+
+#: Longest ``last_error`` kept on a job, in characters (the tail is kept).
+MAX_ERROR_LENGTH = 10_000
+
+_QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
+_WAKE = object()
+
+Counts = dict[str, int]
+
+
+def empty_counts() -> Counts:
+    return {"claimed": 0, "succeeded": 0, "retried": 0, "dead": 0}
+
+
+def _format_error(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    head = f"{type(exc).__name__}: {exc}"
+    full = f"{head}\n\n{text}"
+    if len(full) > MAX_ERROR_LENGTH:
+        full = head[:2000] + "\n\n[...]\n" + text[-(MAX_ERROR_LENGTH - 2100):]
+    return full
+
+
+class WorkItem:
+    """One claimed job on its way through a handler thread."""
+
+    __slots__ = ("deadline", "done", "lock", "row", "spec", "started", "state")
+
+    def __init__(self, row: ClaimedRow, spec: HandlerSpec, done: queue.Queue[t.Any]) -> None:
+        self.row = row
+        self.spec = spec
+        self.done = done
+        self.lock = threading.Lock()
+        self.state = _QUEUED
+        self.started: float | None = None
+        self.deadline: float | None = None
+
+
+class HandlerPool:
+    """A fixed number of daemon threads running work items.
+
+    Daemon threads let the interpreter exit even if a handler hangs; the
+    shutdown path releases those jobs instead of waiting for them.
+    """
+
+    def __init__(self, size: int, run: t.Callable[[WorkItem], bool], name: str) -> None:
+        self._queue: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
+        self._run = run
+        self._name = name
+        self._lock = threading.Lock()
+        self._count = 0
+        for _ in range(size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            self._count += 1
+            number = self._count
+        thread = threading.Thread(
+            target=self._main, name=f"{self._name}-{number}", daemon=True
+        )
+        thread.start()
+
+    def _main(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if not self._run(item):
+                return  # abandoned after a timeout; a replacement was started
+
+    def submit(self, item: WorkItem) -> None:
+        self._queue.put(item)
+
+    def replace_one(self) -> None:
+        """Start a thread in place of one stuck in a timed-out handler."""
+        self._spawn()
+
+    def close(self, size: int) -> None:
+        for _ in range(size):
+            self._queue.put(None)
+
+
+class Runner:
+    """The per-app, per-process job processor."""
+
+    def __init__(
+        self,
+        *,
+        app: Flask,
+        db: SQLAlchemy,
+        store: Store,
+        settings: Settings,
+        handlers: t.Mapping[str, HandlerSpec],
+        default_backoff: Backoff,
+        clock: t.Callable[[], dt.datetime],
+    ) -> None:
+        self.app = app
+        self.db = db
+        self.store = store
+        self.settings = settings
+        self.handlers = handlers
+        self.default_backoff = default_backoff
+        self.clock = clock
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.pool = HandlerPool(settings.concurrency, self._execute, "durable-jobs")
+        self._lock = threading.Lock()
+        self._loops: list[queue.Queue[t.Any]] = []
+        self._stopping = threading.Event()
+        self._stop_deadline = 0.0
+        self._closed = False
+        #: Called by :meth:`wake` when no loop is running (the scheduler's kick).
+        self.on_idle_wake: t.Callable[[], None] | None = None
+
+    # -- running handlers (on pool threads) -------------------------------
+
+    def _execute(self, item: WorkItem) -> bool:
+        with item.lock:
+            if item.state != _QUEUED:
+                return True  # released at shutdown before it started
+            item.state = _RUNNING
+            item.started = time.monotonic()
+            if item.spec.timeout is not None:
+                item.deadline = item.started + item.spec.timeout
+        outcome = self._call(item)
+        with item.lock:
+            if item.state == _ABANDONED:
+                log.warning(
+                    "job %s (%s) returned after its attempt was given up; result discarded",
+                    item.row.id, item.row.job_type,
+                )
+                return False
+            item.state = _DONE
+        item.done.put((item, outcome))
+        return True
+
+    def _call(self, item: WorkItem) -> Finish:
+        row = item.row
+        try:
+            with self.app.app_context():
+                try:
+                    value = item.spec.func(row.payload)
+                finally:
+                    self.db.session.remove()
+        except Discard as exc:
+            return Finish(row.id, row.token, DEAD, error=f"Discard: {exc}")
+        except BaseException as exc:
+            log.info("job %s (%s) attempt %s failed: %r", row.id, row.job_type, row.attempts, exc)
+            return self._failure(item, _format_error(exc))
+        try:
+            text = payload_json.dumps_result(value)
+        except (TypeError, ValueError) as exc:
+            return Finish(
+                row.id, row.token, DEAD,
+                error=f"handler returned a value JSON cannot carry: {exc}",
+            )
+        return Finish(row.id, row.token, SUCCEEDED, result=text)
+
+    def _failure(self, item: WorkItem, error: str) -> Finish:
+        row = item.row
+        if row.attempts >= row.max_attempts:
+            return Finish(row.id, row.token, DEAD, error=error)
+        policy = item.spec.backoff or self.default_backoff
+        try:
+            delay = delay_for(policy, row.attempts)
+        except Exception as exc:  # a broken policy must not lose the job
+            log.error("backoff policy of %s failed: %r; using the default", row.job_type, exc)
+            delay = delay_for(self.default_backoff, row.attempts)
+        run_at = self.clock() + timedelta(seconds=delay)
+        return Finish(row.id, row.token, RETRYING, error=error, run_at=run_at)
+
+    # -- the loop -----------------------------------------------------------
+
+    def handled_types(self) -> list[str]:
+        return sorted(self.handlers)
+
+    def _claim(self, limit: int, done: queue.Queue[t.Any]) -> list[WorkItem]:
+        types = self.handled_types()
+        if not types or limit <= 0:
+            return []
+        now = self.clock()
+        rows = self.store.claim(
+            job_types=types,
+            queues=self.settings.queues,
+            limit=limit,
+            now=now,
+            lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+            token=uuid.uuid4().hex,
+            worker_id=self.worker_id,
+        )
+        items = []
+        for row in rows:
+            spec = self.handlers.get(row.job_type)
+            if spec is None:  # unregistered between claim and now: give it back
+                self.store.release([(row.id, row.token)], now)
+                continue
+            items.append(WorkItem(row, spec, done))
+        return items
+
+    def run(self, limit: int | None = None, *, keep_polling: bool = False) -> Counts:
+        """Claim and run due jobs until nothing is due (and nothing in flight).
+
+        ``limit`` caps how many jobs are claimed in all. With ``keep_polling``
+        (the scheduler's tick), the loop also looks for newly due jobs every
+        poll interval while earlier ones are still running.
+        """
+        settings = self.settings
+        counts = empty_counts()
+        done: queue.Queue[t.Any] = queue.Queue()
+        inflight: dict[int, WorkItem] = {}
+        pending: list[Finish] = []  # outcomes whose write failed, to retry
+        budget = limit
+        exhausted = False
+        heartbeat_every = settings.lease_seconds / 3
+        next_heartbeat = time.monotonic() + heartbeat_every
+        last_claim = 0.0
+        with self._lock:
+            self._loops.append(done)
+        try:
+            while True:
+                # 1. claim while there is room, budget and work
+                room = settings.batch_size - len(inflight)
+                if budget is not None:
+                    room = min(room, budget)
+                if not exhausted and room > 0 and not self._stopping.is_set():
+                    items = self._claim(room, done)
+                    last_claim = time.monotonic()
+                    counts["claimed"] += len(items)
+                    if budget is not None:
+                        budget -= len(items)
+                    if len(items) < room:
+                        exhausted = True
+                    for item in items:
+                        inflight[item.row.id] = item
+                        self.pool.submit(item)
+                    if budget == 0:
+                        exhausted = True
+                if not inflight:
+                    with self._lock:
+                        if done.empty():
+                            self._loops.remove(done)
+                            return counts
+                    exhausted = budget == 0
+                    while not done.empty():
+                        done.get_nowait()  # wake-ups only: nothing is in flight
+                    continue
+
+                # 2. wait for outcomes, a deadline, a heartbeat or a wake-up
+                now_m = time.monotonic()
+                waits = [next_heartbeat - now_m, 1.0]
+                waits.extend(
+                    item.deadline - now_m for item in inflight.values()
+                    if item.deadline is not None and item.state == _RUNNING
+                )
+                if keep_polling and exhausted and budget != 0:
+                    waits.append(last_claim + settings.poll_interval - now_m)
+                if self._stopping.is_set():
+                    waits.append(self._stop_deadline - now_m)
+                outcomes = list(pending)
+                pending.clear()
+                try:
+                    got = done.get(timeout=max(0.0, min(waits)))
+                    while True:
+                        if got is _WAKE:
+                            exhausted = budget == 0
+                        else:
+                            outcomes.append(got[1])
+                        got = done.get_nowait()
+                except queue.Empty:
+                    pass
+
+                # 3. attempts past their timeout fail now
+                now_m = time.monotonic()
+                for item in inflight.values():
+                    if item.deadline is not None and now_m >= item.deadline:
+                        with item.lock:
+                            if item.state != _RUNNING:
+                                continue
+                            item.state = _ABANDONED
+                        self.pool.replace_one()
+                        message = (
+                            f"JobTimeout: attempt {item.row.attempts} timed out after"
+                            f" {item.spec.timeout:g} s (the handler's timeout)"
+                        )
+                        log.warning("job %s (%s) timed out", item.row.id, item.row.job_type)
+                        outcomes.append(self._failure(item, message))
+
+                # 4. write outcomes in one statement
+                if outcomes:
+                    self._write(outcomes, inflight, counts, pending)
+
+                # 5. heartbeat
+                if time.monotonic() >= next_heartbeat:
+                    self._heartbeat(inflight)
+                    next_heartbeat = time.monotonic() + heartbeat_every
+
+                # 6. polling for new work while jobs run
+                if keep_polling and exhausted and budget != 0 and (
+                    time.monotonic() - last_claim >= settings.poll_interval
+                ):
+                    exhausted = False
+
+                # 7. shutdown: give back what did not finish in time
+                if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
+                    self._release(inflight, done, counts, pending)
+                    with self._lock:
+                        self._loops.remove(done)
+                    return counts
+        except BaseException:
+            with self._lock:
+                if done in self._loops:
+                    self._loops.remove(done)
+            # Jobs still in flight keep running on their threads; their
+            # leases lapse and the sweep recovers them if nobody writes them.
+            raise
+
+    def _write(
+        self,
+        outcomes: list[Finish],
+        inflight: dict[int, WorkItem],
+        counts: Counts,
+        pending: list[Finish],
+    ) -> None:
+        try:
+            written = self.store.finish(outcomes, self.clock())
+        except Exception:
+            log.exception("writing %d job outcomes failed; will retry", len(outcomes))
+            pending.extend(outcomes)
+            time.sleep(0.2)
+            return
+        for outcome in outcomes:
+            inflight.pop(outcome.id, None)
+            if outcome.id not in written:
+                log.warning(
+                    "job %s: lease lost before its outcome (%s) was written; discarded",
+                    outcome.id, outcome.status,
+                )
+                continue
+            key = {SUCCEEDED: "succeeded", RETRYING: "retried", DEAD: "dead"}[outcome.status]
+            counts[key] += 1
+
+    def _heartbeat(self, inflight: dict[int, WorkItem]) -> None:
+        held = [(item.row.id, item.row.token) for item in inflight.values()]
+        if not held:
+            return
+        now = self.clock()
+        try:
+            kept = self.store.renew(held, now + timedelta(seconds=self.settings.lease_seconds))
+        except Exception:
+            log.exception("renewing %d leases failed; will retry", len(held))
+            return
+        for job_id, _token in held:
+            if job_id not in kept:
+                log.warning("job %s: lease lost (another worker may run it)", job_id)
+
+    def _release(
+        self,
+        inflight: dict[int, WorkItem],
+        done: queue.Queue[t.Any],
+        counts: Counts,
+        pending: list[Finish],
+    ) -> None:
+        finished = [got[1] for got in _drain(done) if got is not _WAKE]
+        if finished or pending:
+            self._write([*pending, *finished], inflight, counts, [])
+        held = []
+        for item in inflight.values():
+            with item.lock:
+                if item.state in (_QUEUED, _RUNNING):
+                    item.state = _ABANDONED
+                    held.append((item.row.id, item.row.token))
+        try:
+            released = self.store.release(held, self.clock())
+        except Exception:
+            log.exception("releasing %d jobs at shutdown failed; the sweep will", len(held))
+            return
+        if released:
+            log.warning("released %d unfinished jobs at shutdown; they are due again", released)
+        inflight.clear()
+
+    # -- control ------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work is due now: tell a running loop, or kick the scheduler."""
+        with self._lock:
+            if self._loops:
+                for done in self._loops:
+                    done.put(_WAKE)
+                return
+        if self.on_idle_wake is not None:
+            self.on_idle_wake()
+
+    def sweep(self) -> list[tuple[int, str, str]]:
+        recovered = self.store.sweep(self.clock())
+        for job_id, job_type, status in recovered:
+            log.warning("job %s (%s): lease expired; now %s", job_id, job_type, status)
+        return recovered
+
+    def begin_shutdown(self, timeout: float) -> None:
+        """Stop claiming; loops release what is unfinished after ``timeout``."""
+        self._stop_deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self.wake()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._loops)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.pool.close(self.settings.concurrency)
+
+
+def _drain(done: queue.Queue[t.Any]) -> list[t.Any]:
+    out = []
+    while True:
+        try:
+            out.append(done.get_nowait())
+        except queue.Empty:
+            return out
