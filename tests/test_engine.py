@@ -1,0 +1,669 @@
+"""The engine through its public API, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask, current_app
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_durable_jobs import Discard, DurableJobs, InvalidTransition, JobNotFound
+
+UTC = dt.timezone.utc
+
+
+def state(app: Flask) -> t.Any:
+    return app.extensions["durable_jobs"]
+
+
+def shift_clock(app: Flask, seconds: float) -> None:
+    """Move the library's clock ``seconds`` into the future from real time."""
+    state(app).clock = lambda: dt.datetime.now(UTC) + dt.timedelta(seconds=seconds)
+
+
+def raw_rows(db: SQLAlchemy) -> list[t.Any]:
+    with db.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT id, status FROM durable_jobs ORDER BY id")).all()
+
+
+# -- enqueue ----------------------------------------------------------------
+
+
+def test_enqueue_returns_a_pending_job(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("mail.send")(lambda p: None)
+    job = jobs.enqueue("mail.send", {"to": "a@b.c"})
+    assert job.id > 0
+    assert (job.job_type, job.queue, job.status) == ("mail.send", "default", "pending")
+    assert job.payload == {"to": "a@b.c"}
+    assert (job.attempts, job.max_attempts, job.priority) == (0, 3, 0)
+    for stamp in (job.run_at, job.created_at, job.updated_at):
+        assert stamp.tzinfo is not None and stamp.utcoffset() == dt.timedelta(0)
+    assert job.started_at is None and job.finished_at is None
+    fetched = jobs.get(job.id)
+    assert fetched is not None and fetched.payload == {"to": "a@b.c"}
+    assert fetched.run_at == job.run_at
+    assert jobs.get(job.id + 1000) is None
+
+
+def test_enqueue_unknown_type_is_refused(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
+    jobs.handler("known")(lambda p: None)
+    with pytest.raises(LookupError, match="'knwon'"):
+        jobs.enqueue("knwon", {})
+    assert raw_rows(db) == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"a": float("nan")}, r"payload\['a'\] is nan"),
+        ({"a": {"b": [1, float("inf")]}}, r"payload\['a'\]\['b'\]\[1\] is inf"),
+        ({"a": {1: "x"}}, r"payload\['a'\] has a key 1 of type int"),
+        ({"when": dt.datetime(2020, 1, 1)}, r"payload\['when'\] is a datetime"),
+        ({"s": {1, 2}}, r"payload\['s'\] is a set"),
+        (["not", "a", "dict"], "payload must be a JSON object"),
+    ],
+)
+def test_payload_strict_json(
+    app: Flask, jobs: DurableJobs, db: SQLAlchemy, payload: t.Any, message: str
+) -> None:
+    jobs.handler("t")(lambda p: None)
+    with pytest.raises(TypeError, match=message):
+        jobs.enqueue("t", payload)
+    assert raw_rows(db) == []
+
+
+def test_enqueue_time_options(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t")(lambda p: None)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        jobs.enqueue("t", {}, run_at=dt.datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="not both"):
+        jobs.enqueue("t", {}, delay=5, run_at=dt.datetime.now(UTC))
+    with pytest.raises(ValueError, match="delay"):
+        jobs.enqueue("t", {}, delay=-1)
+    before = dt.datetime.now(UTC)
+    by_seconds = jobs.enqueue("t", {}, delay=60)
+    by_delta = jobs.enqueue("t", {}, delay=dt.timedelta(minutes=2))
+    tz = dt.timezone(dt.timedelta(hours=2))
+    at = dt.datetime(2031, 5, 6, 12, 0, tzinfo=tz)
+    by_date = jobs.enqueue("t", {}, run_at=at)
+    assert 59 <= (by_seconds.run_at - before).total_seconds() <= 62
+    assert 119 <= (by_delta.run_at - before).total_seconds() <= 122
+    assert by_date.run_at == at and by_date.run_at.utcoffset() == dt.timedelta(0)
+    assert jobs.process_due()["claimed"] == 0  # nothing is due yet
+
+
+def test_rollback_discards_the_job(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
+    jobs.handler("t")(lambda p: None)
+    note = sa.Table("notes", db.metadata, sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("body", sa.String(50)))
+    note.create(db.engine)
+    db.session.execute(note.insert().values(body="kept together"))
+    job = jobs.enqueue("t", {"n": 1}, commit=False)
+    db.session.rollback()
+    assert jobs.get(job.id) is None
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(note)).scalar() == 0
+
+    db.session.execute(note.insert().values(body="kept together"))
+    job = jobs.enqueue("t", {"n": 2}, commit=False)
+    db.session.commit()
+    assert jobs.get(job.id) is not None
+
+    db.session.execute(note.insert().values(body="committed by enqueue"))
+    jobs.enqueue("t", {"n": 3})  # commit=True commits the caller's pending row too
+    db.session.rollback()
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(note)).scalar() == 2
+
+
+def test_idempotency_key(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
+    jobs.handler("t")(lambda p: None)
+    first = jobs.enqueue("t", {"n": 1}, idempotency_key="order-42")
+    again = jobs.enqueue("t", {"n": 2}, idempotency_key="order-42")
+    other = jobs.enqueue("t", {"n": 3}, idempotency_key="order-43")
+    assert again.id == first.id and again.payload == {"n": 1}
+    assert other.id != first.id
+    assert len(raw_rows(db)) == 2
+    with pytest.raises(ValueError, match="idempotency_key"):
+        jobs.enqueue("t", {}, idempotency_key="")
+
+
+def test_enqueue_many(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
+    seen: list[int] = []
+    jobs.handler("t")(lambda p: seen.append(p["i"]))
+    ids = jobs.enqueue_many("t", [{"i": i} for i in range(2500)], priority=5)
+    assert len(ids) == 2500 and ids == sorted(ids)
+    assert [jobs.get(ids[i]).payload["i"] for i in (0, 1234, 2499)] == [0, 1234, 2499]  # type: ignore[union-attr]
+    assert jobs.get(ids[0]).priority == 5  # type: ignore[union-attr]
+    with pytest.raises(TypeError, match=r"payloads\[1\]: payload\['x'\]"):
+        jobs.enqueue_many("t", [{"x": 1}, {"x": float("nan")}])
+    assert len(raw_rows(db)) == 2500
+    assert jobs.enqueue_many("t", []) == []
+    assert jobs.drain()["succeeded"] == 2500
+    assert sorted(seen) == list(range(2500))
+
+
+# -- handlers -----------------------------------------------------------------
+
+
+def test_handler_names_and_options(jobs: DurableJobs) -> None:
+    @jobs.handler
+    def bare(payload: dict[str, t.Any]) -> None: ...
+
+    assert f"{__name__}.test_handler_names_and_options.<locals>.bare" in jobs._handlers
+
+    with pytest.raises(ValueError, match="already registered"):
+        jobs.handler("x")(lambda p: None) and jobs.handler("x")(lambda p: None)
+
+    def in_main(payload: dict[str, t.Any]) -> None: ...
+
+    in_main.__module__ = "__main__"
+    with pytest.raises(ValueError, match="__main__"):
+        jobs.handler(in_main)
+    jobs.handler("named.main")(in_main)  # an explicit name is fine
+    with pytest.raises(ValueError, match="max_attempts"):
+        jobs.handler("y", max_attempts=0)(lambda p: None)
+    with pytest.raises(ValueError, match="timeout"):
+        jobs.handler("y", timeout=-1)(lambda p: None)
+    with pytest.raises(TypeError, match="backoff"):
+        jobs.handler("y", backoff=5)(lambda p: None)  # type: ignore[arg-type]
+
+
+def test_handler_runs_in_app_context_and_stores_result(app: Flask, jobs: DurableJobs) -> None:
+    @jobs.handler("t")
+    def handler(payload: dict[str, t.Any]) -> t.Any:
+        return {"app": current_app.name, "echo": payload, "thread": threading.current_thread().name}
+
+    job = jobs.enqueue("t", {"k": [1, 2]})
+    assert jobs.process_due() == {"claimed": 1, "succeeded": 1, "retried": 0, "dead": 0}
+    done = jobs.get(job.id)
+    assert done is not None
+    assert done.status == "succeeded" and done.attempts == 1
+    assert done.result["app"] == app.name and done.result["echo"] == {"k": [1, 2]}
+    assert done.result["thread"] != threading.current_thread().name
+    assert done.started_at is not None and done.finished_at is not None
+    assert done.finished_at >= done.started_at
+
+
+def test_handler_session_is_isolated(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
+    note = sa.Table("notes2", db.metadata, sa.Column("id", sa.Integer, primary_key=True))
+    note.create(db.engine)
+
+    @jobs.handler("breaks_session", max_attempts=1)
+    def breaks(payload: dict[str, t.Any]) -> None:
+        db.session.execute(note.insert().values(id=1))
+        db.session.execute(note.insert().values(id=1))  # IntegrityError, left unhandled
+
+    @jobs.handler("writes")
+    def writes(payload: dict[str, t.Any]) -> None:
+        db.session.execute(note.insert().values(id=payload["id"]))
+        db.session.commit()
+
+    bad = jobs.enqueue("breaks_session", {})
+    good = jobs.enqueue("writes", {"id": 7})
+    counts = jobs.drain()
+    assert counts["succeeded"] == 1 and counts["dead"] == 1
+    assert jobs.get(bad.id).status == "dead"  # type: ignore[union-attr]
+    assert "IntegrityError" in (jobs.get(bad.id).last_error or "")  # type: ignore[union-attr]
+    assert jobs.get(good.id).status == "succeeded"  # type: ignore[union-attr]
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(note.c.id)).scalars().all() == [7]
+
+
+def test_non_json_result_goes_dead(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t")(lambda p: {"when": dt.datetime.now()})
+    job = jobs.enqueue("t", {})
+    assert jobs.process_due()["dead"] == 1
+    done = jobs.get(job.id)
+    assert done is not None and done.status == "dead" and done.attempts == 1
+    assert "datetime" in (done.last_error or "") and "JSON" in (done.last_error or "")
+
+
+def test_discard_goes_dead_at_once(app: Flask, jobs: DurableJobs) -> None:
+    @jobs.handler("t", max_attempts=5)
+    def handler(payload: dict[str, t.Any]) -> None:
+        raise Discard("customer deleted")
+
+    job = jobs.enqueue("t", {})
+    assert jobs.process_due()["dead"] == 1
+    done = jobs.get(job.id)
+    assert done is not None and done.status == "dead" and done.attempts == 1
+    assert "customer deleted" in (done.last_error or "")
+    assert done.finished_at is not None
+
+
+# -- retries ------------------------------------------------------------------
+
+
+def test_default_backoff_steps_within_jitter(app: Flask, jobs: DurableJobs) -> None:
+    @jobs.handler("flaky", max_attempts=7)
+    def flaky(payload: dict[str, t.Any]) -> None:
+        raise RuntimeError("upstream down")
+
+    job = jobs.enqueue("flaky", {})
+    expected = [30, 120, 480, 1920, 3600, 3600]
+    offset = 0.0
+    for attempt, seconds in enumerate(expected, start=1):
+        shift_clock(app, offset)
+        before = state(app).now()
+        assert jobs.process_due()["retried"] == 1
+        after = state(app).now()
+        current = jobs.get(job.id)
+        assert current is not None
+        assert current.status == "retrying" and current.attempts == attempt
+        assert "RuntimeError: upstream down" in (current.last_error or "")
+        low = before + dt.timedelta(seconds=seconds * 0.9)
+        high = after + dt.timedelta(seconds=seconds * 1.1)
+        assert low <= current.run_at <= high, (attempt, current.run_at - before)
+        assert jobs.process_due()["claimed"] == 0  # not due before its backoff
+        offset = (current.run_at - dt.datetime.now(UTC)).total_seconds() + 1
+    shift_clock(app, offset)
+    assert jobs.process_due()["dead"] == 1
+    final = jobs.get(job.id)
+    assert final is not None and final.status == "dead" and final.attempts == 7
+
+
+@pytest.mark.config(DURABLE_JOBS_BACKOFF_BASE=2, DURABLE_JOBS_BACKOFF_FACTOR=3,
+                    DURABLE_JOBS_BACKOFF_MAX=10, DURABLE_JOBS_BACKOFF_JITTER=0)
+def test_backoff_config_and_handler_policy(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("cfg", max_attempts=9)(lambda p: 1 / 0)
+    jobs.handler("own", max_attempts=9, backoff=lambda n: 100 * n)(lambda p: 1 / 0)
+    a = jobs.enqueue("cfg", {})
+    b = jobs.enqueue("own", {})
+    waits: dict[int, list[float]] = {a.id: [], b.id: []}
+    offset = 0.0
+    for _ in range(3):
+        shift_clock(app, offset)
+        now = state(app).now()
+        jobs.process_due()
+        for job_id in waits:
+            current = jobs.get(job_id)
+            assert current is not None
+            waits[job_id].append(round((current.run_at - now).total_seconds()))
+        offset += 1000
+    assert waits[a.id] == [2, 6, 10]
+    assert waits[b.id] == [100, 200, 300]
+
+
+def test_dead_after_max_attempts(app: Flask, jobs: DurableJobs) -> None:
+    calls = []
+
+    @jobs.handler("t", max_attempts=2, backoff=lambda n: 0)
+    def handler(payload: dict[str, t.Any]) -> None:
+        calls.append(1)
+        raise ValueError("nope")
+
+    job = jobs.enqueue("t", {})
+    override = jobs.enqueue("t", {}, max_attempts=1)
+    counts = jobs.drain()
+    assert counts == {"claimed": 3, "succeeded": 0, "retried": 1, "dead": 2}
+    assert jobs.get(job.id).attempts == 2  # type: ignore[union-attr]
+    assert jobs.get(override.id).attempts == 1  # type: ignore[union-attr]
+    assert len(calls) == 3
+
+
+def test_timeout_fails_attempt_and_discards_late_result(app: Flask, jobs: DurableJobs) -> None:
+    release = threading.Event()
+
+    @jobs.handler("slow", timeout=0.3, max_attempts=2, backoff=lambda n: 3600)
+    def slow(payload: dict[str, t.Any]) -> str:
+        release.wait(10)
+        return "late"
+
+    job = jobs.enqueue("slow", {})
+    started = time.monotonic()
+    assert jobs.process_due()["retried"] == 1
+    assert time.monotonic() - started < 5
+    current = jobs.get(job.id)
+    assert current is not None and current.status == "retrying"
+    assert "timed out after 0.3 s" in (current.last_error or "")
+    release.set()
+    time.sleep(0.3)  # the abandoned thread returns "late" now; it must be discarded
+    after = jobs.get(job.id)
+    assert after is not None and after.status == "retrying" and after.result is None
+    # the pool replaced the stuck thread: work still flows
+    jobs.handler("quick")(lambda p: "ok")
+    quick = jobs.enqueue("quick", {})
+    jobs.process_due()
+    assert jobs.get(quick.id).status == "succeeded"  # type: ignore[union-attr]
+
+
+# -- claiming -----------------------------------------------------------------
+
+
+def test_unhandled_types_wait_and_are_reported(
+    app: Flask, jobs: DurableJobs, database_url: str, db: SQLAlchemy
+) -> None:
+    jobs.handler("old")(lambda p: None)
+    job = jobs.enqueue("old", {})
+    # A newer process no longer has the handler: it never claims or kills the job.
+    other_app = Flask("newer")
+    other_app.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False)
+    other_db = SQLAlchemy()
+    newer = DurableJobs()
+    newer.handler("new")(lambda p: None)
+    other_db.init_app(other_app)
+    newer.init_app(other_app, db=other_db)
+    with other_app.app_context():
+        try:
+            assert newer.drain()["claimed"] == 0
+            stats = newer.stats()
+            assert stats["unhandled"] == {"old": 1}
+            assert stats["by_status"]["pending"] == 1
+        finally:
+            newer.stop()
+            other_db.engine.dispose()
+    assert jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
+    assert jobs.stats()["unhandled"] == {}
+    assert jobs.drain()["succeeded"] == 1
+
+
+@pytest.mark.config(DURABLE_JOBS_QUEUES="mail, reports")
+def test_queues_setting(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("m", queue="mail")(lambda p: None)
+    jobs.handler("r", queue="other")(lambda p: None)
+    mail = jobs.enqueue("m", {})
+    other = jobs.enqueue("r", {})
+    moved = jobs.enqueue("r", {}, queue="reports")
+    jobs.drain()
+    assert jobs.get(mail.id).status == "succeeded"  # type: ignore[union-attr]
+    assert jobs.get(moved.id).status == "succeeded"  # type: ignore[union-attr]
+    assert jobs.get(other.id).status == "pending"  # type: ignore[union-attr]
+
+
+def test_priority_then_age(app: Flask, jobs: DurableJobs) -> None:
+    order: list[str] = []
+    jobs.handler("t")(lambda p: order.append(p["n"]))
+    jobs.enqueue("t", {"n": "low-1"}, priority=5)
+    jobs.enqueue("t", {"n": "high"}, priority=-1)
+    jobs.enqueue("t", {"n": "low-2"}, priority=5)
+    jobs.enqueue("t", {"n": "mid"})
+    for _ in range(4):
+        assert jobs.process_due(limit=1)["claimed"] == 1
+    assert order == ["high", "mid", "low-1", "low-2"]
+
+
+def test_process_due_limit_and_drain(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t")(lambda p: None)
+    jobs.enqueue_many("t", [{}] * 25)
+    assert jobs.process_due(limit=10)["claimed"] == 10
+    with pytest.raises(ValueError, match="limit"):
+        jobs.process_due(limit=0)
+    assert jobs.drain() == {"claimed": 15, "succeeded": 15, "retried": 0, "dead": 0}
+    assert jobs.drain()["claimed"] == 0
+
+
+# -- leases -------------------------------------------------------------------
+
+
+@pytest.mark.config(DURABLE_JOBS_LEASE_SECONDS=0.6)
+def test_heartbeat_keeps_a_long_job_leased(app: Flask, jobs: DurableJobs) -> None:
+    runs = []
+
+    @jobs.handler("long")
+    def long(payload: dict[str, t.Any]) -> str:
+        runs.append(1)
+        time.sleep(3)  # five times the lease
+        return "done"
+
+    job = jobs.enqueue("long", {})
+    stop = threading.Event()
+    recovered: list[int] = []
+
+    def sweeper() -> None:
+        with app.app_context():
+            while not stop.wait(0.1):
+                recovered.append(jobs.sweep_orphans())
+
+    thread = threading.Thread(target=sweeper)
+    thread.start()
+    try:
+        counts = jobs.process_due()
+    finally:
+        stop.set()
+        thread.join()
+    assert counts["succeeded"] == 1
+    assert sum(recovered) == 0 and len(runs) == 1
+    assert jobs.get(job.id).result == "done"  # type: ignore[union-attr]
+
+
+def test_sweep_and_fencing(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t", max_attempts=2)(lambda p: None)
+    job = jobs.enqueue("t", {})
+    st = state(app)
+    store = st.store
+    now = st.now()
+    lease = now + dt.timedelta(seconds=60)
+    first = store.claim(job_types=["t"], queues=None, limit=10, now=now, lease_until=lease,
+                        token="a" * 32, worker_id="w1")
+    assert [row.id for row in first] == [job.id]
+    assert store.sweep(now) == []  # lease still valid
+
+    later = now + dt.timedelta(seconds=61)
+    assert store.sweep(later) == [(job.id, "t", "retrying")]
+    swept = jobs.get(job.id)
+    assert swept is not None and swept.status == "retrying" and swept.attempts == 1
+    assert "lease expired" in (swept.last_error or "") and "w1" in (swept.last_error or "")
+    assert swept.run_at <= later  # due again at once, no backoff
+
+    from flask_durable_jobs.store import Finish
+
+    # the first worker comes back: its completion is refused by the database
+    assert store.finish([Finish(job.id, "a" * 32, "succeeded", result='"stale"')], later) == set()
+    second = store.claim(job_types=["t"], queues=None, limit=10, now=later,
+                         lease_until=later + dt.timedelta(seconds=60), token="b" * 32,
+                         worker_id="w2")
+    assert [row.attempts for row in second] == [2]
+    assert store.renew([(job.id, "a" * 32)], later) == set()
+    assert store.finish([Finish(job.id, "a" * 32, "succeeded", result='"stale"')], later) == set()
+    # an expired lease with no attempts left goes dead
+    final = later + dt.timedelta(seconds=200)
+    assert store.sweep(final) == [(job.id, "t", "dead")]
+    dead = jobs.get(job.id)
+    assert dead is not None and dead.status == "dead" and dead.result is None
+    assert dead.finished_at is not None
+
+
+def test_release_does_not_count_the_attempt(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t")(lambda p: None)
+    job = jobs.enqueue("t", {})
+    st = state(app)
+    now = st.now()
+    rows = st.store.claim(job_types=["t"], queues=None, limit=1, now=now,
+                          lease_until=now + dt.timedelta(seconds=60), token="c" * 32,
+                          worker_id="w")
+    assert rows[0].attempts == 1
+    assert st.store.release([(job.id, "c" * 32)], now) == 1
+    back = jobs.get(job.id)
+    assert back is not None and (back.status, back.attempts) == ("pending", 0)
+    assert back.run_at <= st.now()
+
+
+@pytest.mark.config(DURABLE_JOBS_SHUTDOWN_TIMEOUT=0.5, DURABLE_JOBS_POLL_INTERVAL=0.05)
+def test_stop_releases_unfinished_jobs(app: Flask, jobs: DurableJobs) -> None:
+    started = threading.Event()
+    quick_done = []
+
+    @jobs.handler("long")
+    def long(payload: dict[str, t.Any]) -> None:
+        started.set()
+        time.sleep(5)
+
+    jobs.handler("quick")(lambda p: quick_done.append(1))
+    job = jobs.enqueue("long", {})
+    jobs.start()
+    assert started.wait(5)
+    begun = time.monotonic()
+    jobs.stop()
+    assert time.monotonic() - begun < 4
+    back = jobs.get(job.id)
+    assert back is not None and back.status == "pending" and back.attempts == 0
+    # after stop nothing is claimed by the stopped scheduler
+    jobs.enqueue("quick", {})
+    time.sleep(0.3)
+    assert quick_done == []
+
+
+# -- scheduler ----------------------------------------------------------------
+
+
+@pytest.mark.config(DURABLE_JOBS_POLL_INTERVAL=30)
+def test_enqueue_wakes_the_scheduler(app: Flask, jobs: DurableJobs) -> None:
+    done = threading.Event()
+    jobs.handler("t")(lambda p: done.set())
+    jobs.start()
+    time.sleep(0.3)  # the first tick has run and found nothing
+    jobs.enqueue("t", {})
+    assert done.wait(5), "an enqueue must not wait for the 30 s poll interval"
+
+
+@pytest.mark.config(DURABLE_JOBS_POLL_INTERVAL=0.05)
+def test_a_failing_tick_does_not_stop_the_scheduler(
+    app: Flask, jobs: DurableJobs, db: SQLAlchemy, caplog: pytest.LogCaptureFixture
+) -> None:
+    done = threading.Event()
+    jobs.handler("t")(lambda p: done.set())
+    st = state(app)
+    real_claim = st.store.claim
+    failures = []
+
+    def broken_claim(**kwargs: t.Any) -> t.Any:
+        if len(failures) < 3:
+            failures.append(1)
+            raise RuntimeError("database went away")
+        return real_claim(**kwargs)
+
+    st.store.claim = broken_claim
+    jobs.enqueue("t", {})
+    jobs.start()
+    assert done.wait(5)
+    assert len(failures) == 3
+    assert "database went away" in caplog.text
+
+
+# -- admin operations -----------------------------------------------------------
+
+
+def test_cancel_retry_delete(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t", max_attempts=1)(lambda p: 1 / 0)
+    job = jobs.enqueue("t", {}, delay=60)
+    cancelled = jobs.cancel(job.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    with pytest.raises(InvalidTransition, match="'cancelled'"):
+        jobs.cancel(job.id)
+    retried = jobs.retry(job.id)
+    assert (retried.status, retried.attempts, retried.finished_at) == ("pending", 0, None)
+    assert retried.run_at <= state(app).now()
+    with pytest.raises(InvalidTransition, match="'pending'"):
+        jobs.retry(job.id)
+    jobs.drain()
+    assert jobs.get(job.id).status == "dead"  # type: ignore[union-attr]
+    assert jobs.retry(job.id).attempts == 0
+    jobs.delete(job.id)
+    assert jobs.get(job.id) is None
+    for action in (jobs.cancel, jobs.retry, jobs.delete):
+        with pytest.raises(JobNotFound):
+            action(job.id)
+
+
+def test_running_job_cannot_be_deleted(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t")(lambda p: None)
+    job = jobs.enqueue("t", {})
+    st = state(app)
+    now = st.now()
+    st.store.claim(job_types=["t"], queues=None, limit=1, now=now,
+                   lease_until=now + dt.timedelta(seconds=60), token="d" * 32, worker_id="w")
+    with pytest.raises(InvalidTransition, match="'running'"):
+        jobs.delete(job.id)
+
+
+def test_stats(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("a")(lambda p: None)
+    jobs.handler("b", max_attempts=1)(lambda p: 1 / 0)
+    jobs.enqueue_many("a", [{}] * 3)
+    jobs.enqueue("b", {})
+    jobs.enqueue("a", {}, delay=3600)
+    empty = jobs.stats()
+    assert empty["by_status"]["pending"] == 5
+    assert empty["oldest_due_age_seconds"] is not None and empty["oldest_due_age_seconds"] >= 0
+    jobs.drain()
+    stats = jobs.stats()
+    assert set(stats["by_status"]) == {"pending", "running", "retrying", "succeeded", "dead",
+                                       "cancelled"}
+    assert stats["by_status"]["succeeded"] == 3 and stats["by_status"]["dead"] == 1
+    assert stats["by_type"]["a"]["succeeded"] == 3 and stats["by_type"]["a"]["pending"] == 1
+    assert stats["by_type"]["b"]["dead"] == 1
+    assert stats["total"] == 5
+    assert stats["oldest_due_age_seconds"] is None  # the delayed job is not due
+
+
+def test_prune(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("ok")(lambda p: None)
+    jobs.handler("bad", max_attempts=1)(lambda p: 1 / 0)
+    jobs.enqueue_many("ok", [{}] * 1205)
+    jobs.enqueue("bad", {})
+    jobs.drain()
+    keep = jobs.enqueue("ok", {}, delay=10)
+    assert jobs.prune() == 0  # nothing is 30 days old
+    shift_clock(app, 31 * 86400)
+    assert jobs.prune() == 1205  # succeeded ones (in batches); dead kept 90 days
+    assert jobs.stats()["by_status"]["dead"] == 1
+    shift_clock(app, 91 * 86400)
+    assert jobs.prune(older_than=dt.timedelta(days=365)) == 1  # dead past its retention
+    assert jobs.get(keep.id) is not None
+
+
+# -- setup ----------------------------------------------------------------------
+
+
+def test_init_twice_and_several_apps(database_url: str, tmp_path: t.Any) -> None:
+    db = SQLAlchemy()
+    jobs = DurableJobs()
+    jobs.handler("t")(lambda p: p["app"])
+    apps = []
+    for name, url in (("one", database_url), ("two", f"sqlite:///{tmp_path / 'two.db'}")):
+        app = Flask(name)
+        app.config.update(SQLALCHEMY_DATABASE_URI=url, DURABLE_JOBS_SCHEDULER=False)
+        db.init_app(app)
+        jobs.init_app(app, db=db)
+        apps.append(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        jobs.init_app(apps[0], db=db)
+    for app in apps:
+        with app.app_context():
+            db.create_all()
+            jobs.enqueue("t", {"app": app.name})
+    for app in apps:
+        with app.app_context():
+            try:
+                assert jobs.drain()["succeeded"] == 1
+                (job,), total = jobs.list_jobs()
+                assert total == 1 and job.result == app.name
+            finally:
+                jobs.stop()
+                db.engine.dispose()
+
+
+def test_init_app_needs_sqlalchemy() -> None:
+    with pytest.raises(RuntimeError, match="Flask-SQLAlchemy"):
+        DurableJobs(Flask("bare"))
+
+
+def test_db_found_in_extensions(database_url: str) -> None:
+    app = Flask("implicit")
+    app.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False)
+    db = SQLAlchemy(app)
+    jobs = DurableJobs(app)
+    assert "durable_jobs" in db.metadata.tables
+    with app.app_context():
+        db.create_all()
+        jobs.handler("t")(lambda p: 1)
+        jobs.enqueue("t", {})
+        assert jobs.drain()["succeeded"] == 1
+        jobs.stop()
+        db.engine.dispose()
