@@ -585,7 +585,7 @@ class SQLiteStore(Store):
             SET status = 'running', attempts = attempts + 1, lease_token = ?,
                 lease_expires_at = ?, worker_id = ?, started_at = ?, updated_at = ?
             WHERE id IN (
-                SELECT id FROM {self.table.name}
+                SELECT id FROM {self.table.name} INDEXED BY ix_durable_jobs_due
                 WHERE status IN ('pending', 'retrying') AND run_at <= ?
                   AND job_type IN ({type_marks}) {queue_filter}
                 ORDER BY priority, run_at, id

@@ -9,6 +9,7 @@ They run in their own Alembic environment with their own version table
 from __future__ import annotations
 
 import pathlib
+import typing as t
 
 import sqlalchemy as sa
 
@@ -29,24 +30,33 @@ def define_version_table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
-def _config(connection: sa.Connection) -> object:
-    from alembic.config import Config
+JOB_TABLES = frozenset({"durable_jobs", VERSION_TABLE})
 
-    cfg = Config()
-    cfg.set_main_option("script_location", SCRIPT_LOCATION)
-    cfg.attributes["connection"] = connection
-    return cfg
+
+def _run_revisions(connection: sa.Connection, revision: str) -> None:
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(SCRIPT_LOCATION)
+
+    def steps(current: t.Any, _context: t.Any) -> t.Any:
+        return script._upgrade_revs(revision, current)
+
+    context = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "fn": steps, "script": script}
+    )
+    with Operations.context(context):
+        context.run_migrations()
 
 
 def upgrade(bind: sa.Engine | sa.Connection, revision: str = "head") -> None:
     """Apply the shipped revisions up to ``revision`` on an engine or connection."""
-    from alembic import command
-
     if isinstance(bind, sa.Engine):
         with bind.begin() as connection:
-            command.upgrade(_config(connection), revision)  # type: ignore[arg-type]
+            _run_revisions(connection, revision)
         return
-    command.upgrade(_config(bind), revision)  # type: ignore[arg-type]
+    _run_revisions(bind, revision)
     if bind.in_transaction():
         bind.commit()
 
@@ -59,3 +69,47 @@ def current(bind: sa.Engine) -> str | None:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         heads = context.get_current_heads()
     return heads[0] if heads else None
+
+
+def flask_migrate_hook(context: t.Any, connection: sa.Connection) -> None:
+    """Let a Flask-Migrate project manage the job tables with ``flask db``.
+
+    Call it in ``migrations/env.py``, in ``run_migrations_online()``, right
+    after ``context.configure(...)``. Then:
+
+    * ``flask db migrate`` (autogenerate) leaves the job tables out of the
+      app's revisions;
+    * ``flask db upgrade`` first applies the package's own revisions, kept in
+      their own version table, then the app's.
+
+    Later package versions ship new revisions; ``flask db upgrade`` applies
+    them with nothing to copy or generate.
+    """
+    migration_context = context.get_context()
+    opts = migration_context.opts
+    previous = opts.get("include_name")
+
+    def include_name(name: str | None, type_: str, parent_names: t.Any) -> bool:
+        if type_ == "table" and name in JOB_TABLES:
+            return False
+        return bool(previous(name, type_, parent_names)) if previous is not None else True
+
+    previous_object = opts.get("include_object")
+
+    def include_object(
+        obj: t.Any, name: str | None, type_: str, reflected: bool, compare_to: t.Any
+    ) -> bool:
+        table = obj if type_ == "table" else getattr(obj, "table", None)
+        if getattr(table, "name", None) in JOB_TABLES:
+            return False
+        if previous_object is not None:
+            return bool(previous_object(obj, name, type_, reflected, compare_to))
+        return True
+
+    opts["include_name"] = include_name
+    opts["include_object"] = include_object
+    if context.is_offline_mode():
+        return
+    command = opts.get("fn")
+    if getattr(command, "__name__", "") == "upgrade":
+        upgrade(connection)
