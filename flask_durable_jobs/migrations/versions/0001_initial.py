@@ -21,7 +21,7 @@ RUNNING = "status = 'running'"
 FINISHED = "finished_at IS NOT NULL"
 
 
-def _json() -> sa.types.TypeEngine:
+def _json() -> sa.types.TypeEngine[object]:
     return sa.JSON(none_as_null=True).with_variant(
         postgresql.JSONB(none_as_null=True), "postgresql"
     )
