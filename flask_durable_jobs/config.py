@@ -29,6 +29,7 @@ DEFAULTS: dict[str, t.Any] = {
     "DEAD_RETENTION_DAYS": 90.0,  # prune dead jobs older than this
     "URL_PREFIX": "/admin/jobs",  # where the admin blueprint lives
     "ADMIN_TOKEN": None,  # bearer token for the admin API
+    "EAGER": False,  # run due jobs at enqueue, in the enqueuing thread (for tests)
 }
 
 PREFIX = "DURABLE_JOBS_"
@@ -52,6 +53,7 @@ class Settings:
     dead_retention_days: float
     url_prefix: str
     admin_token: str | None
+    eager: bool = False
 
 
 def _number(key: str, value: t.Any, *, minimum: float, strict: bool) -> float:
@@ -103,6 +105,9 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     scheduler = get("SCHEDULER")
     if not isinstance(scheduler, bool):
         raise ConfigError(f"{PREFIX}SCHEDULER must be True or False, got {scheduler!r}")
+    eager = get("EAGER")
+    if not isinstance(eager, bool):
+        raise ConfigError(f"{PREFIX}EAGER must be True or False, got {eager!r}")
 
     prefix = get("URL_PREFIX")
     if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
@@ -140,4 +145,5 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         ),
         url_prefix=prefix,
         admin_token=token,
+        eager=eager,
     )

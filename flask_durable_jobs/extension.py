@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from . import config as config_module
 from . import handlers as handlers_module
 from . import payload as payload_json
+from . import signals
 from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
 from .models import PENDING, Job, define_table, utcnow
@@ -29,6 +30,12 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("flask_durable_jobs")
 
 EXTENSION_KEY = "durable_jobs"
+
+
+def _check_owner(owner: t.Any) -> str:
+    if not isinstance(owner, str) or not 0 < len(owner) <= 200:
+        raise ValueError(f"owner must be a string of 1 to 200 characters, got {owner!r}")
+    return owner
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
@@ -185,14 +192,19 @@ class DurableJobs:
         queue: str = handlers_module.DEFAULT_QUEUE,
         priority: int = handlers_module.DEFAULT_PRIORITY,
         backoff: Backoff | None = None,
+        on_orphan: str = "retry",
     ) -> t.Any:
-        """Register a job handler: ``@jobs.handler`` or ``@jobs.handler("name", ...)``."""
+        """Register a job handler: ``@jobs.handler`` or ``@jobs.handler("name", ...)``.
+
+        ``on_orphan="dead"`` sends a job whose worker died mid-run to ``dead``
+        instead of retrying it, for side effects that must not repeat blindly.
+        """
 
         def register(func: F) -> F:
             job_type = name if isinstance(name, str) else handlers_module.default_name(func)
             spec = handlers_module.make_spec(
                 job_type, t.cast(Handler, func), max_attempts=max_attempts, timeout=timeout,
-                queue=queue, priority=priority, backoff=backoff,
+                queue=queue, priority=priority, backoff=backoff, on_orphan=on_orphan,
             )
             if job_type in self._handlers:
                 raise ValueError(f"a handler named {job_type!r} is already registered")
@@ -270,6 +282,8 @@ class DurableJobs:
             else handlers_module.check_max_attempts(max_attempts),
             "status": PENDING,
             "attempts": 0,
+            "orphan_policy": spec.on_orphan,
+            "callback_attempts": 0,
             "run_at": when,
             "created_at": now,
             "updated_at": now,
@@ -286,9 +300,13 @@ class DurableJobs:
         priority: int | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        owner: str | None = None,
         commit: bool = True,
     ) -> Job:
-        """Store a job in the caller's ``db.session``; commit it unless ``commit=False``."""
+        """Store a job in the caller's ``db.session``; commit it unless ``commit=False``.
+
+        ``owner`` tags the job with who may see it (see :meth:`get`).
+        """
         state = self._state()
         values = self._job_values(
             state, job_type, delay=delay, run_at=run_at, queue=queue,
@@ -305,12 +323,14 @@ class DurableJobs:
                     f" got {idempotency_key!r}"
                 )
             values["idempotency_key"] = idempotency_key
+        if owner is not None:
+            values["owner"] = _check_owner(owner)
         session = state.db.session
         job, created = state.store.insert(session, values)
-        if created and job.run_at <= values["created_at"]:
-            self._wake_after_commit(state, session, commit)
-        elif commit:
-            session.commit()
+        self._after_enqueue(
+            state, session, commit, job_type, [job.id] if created else [],
+            job if created else None, due=job.run_at <= values["created_at"],
+        )
         return job
 
     def enqueue_many(
@@ -340,29 +360,53 @@ class DurableJobs:
             rows.append({**values, "payload": payload})
         session = state.db.session
         ids = state.store.insert_many(session, rows)
-        if ids and values["run_at"] <= values["created_at"]:
-            self._wake_after_commit(state, session, commit)
-        elif commit:
-            session.commit()
+        self._after_enqueue(state, session, commit, job_type, ids, None,
+                            due=values["run_at"] <= values["created_at"])
         return ids
 
     @staticmethod
-    def _wake_after_commit(state: State, session: t.Any, commit: bool) -> None:
-        if state.scheduler is None and state._runner is None:
-            if commit:
-                session.commit()
-            return
+    def _after_enqueue(
+        state: State,
+        session: t.Any,
+        commit: bool,
+        job_type: str,
+        ids: list[int],
+        job: Job | None,
+        *,
+        due: bool,
+    ) -> None:
+        """Commit (or wait for the caller's commit), then signal and wake."""
+
+        def committed(_session: t.Any = None) -> None:
+            if not ids:
+                return
+            signals.send(signals.job_enqueued, state.app, job_type=job_type, job_ids=ids,
+                         job=job)
+            if not due:
+                return
+            if state.settings.eager:
+                state.runner.run()
+            elif state.scheduler is not None or state._runner is not None:
+                state.runner.wake()
+
         if commit:
             session.commit()
-            state.runner.wake()
-            return
-        sa.event.listen(session(), "after_commit", lambda _s: state.runner.wake(), once=True)
+            committed()
+        elif ids:
+            sa.event.listen(session(), "after_commit", committed, once=True)
 
     # -- reading and changing jobs ----------------------------------------------
 
-    def get(self, job_id: int) -> Job | None:
-        """The job with this id, or ``None``."""
-        return self._state().store.get(job_id)
+    def get(self, job_id: int, owner: str | None = None) -> Job | None:
+        """The job with this id, or ``None``.
+
+        With ``owner``, a job enqueued for another owner (or for none) is
+        ``None`` too, so an app can let its users poll their own jobs by id.
+        """
+        job = self._state().store.get(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            return None
+        return job
 
     def list_jobs(
         self,

@@ -23,6 +23,7 @@ class HandlerSpec:
     queue: str = DEFAULT_QUEUE
     priority: int = DEFAULT_PRIORITY
     backoff: Backoff | None = None  # None: the app's default policy
+    on_orphan: str = "retry"  # what the sweep does when a lease expires: retry or dead
 
 
 def default_name(func: t.Callable[..., t.Any]) -> str:
@@ -65,6 +66,7 @@ def make_spec(
     queue: str,
     priority: int,
     backoff: Backoff | None,
+    on_orphan: str = "retry",
 ) -> HandlerSpec:
     if not isinstance(name, str) or not name or len(name) > 200:
         raise ValueError(f"handler name must be a non-empty string of at most 200 characters,"
@@ -77,8 +79,11 @@ def make_spec(
         raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
     if backoff is not None and not callable(backoff):
         raise TypeError(f"backoff must be a callable attempt -> seconds, got {backoff!r}")
+    if on_orphan not in ("retry", "dead"):
+        raise ValueError(f"on_orphan must be 'retry' or 'dead', got {on_orphan!r}")
     return HandlerSpec(
         name=name,
+        on_orphan=on_orphan,
         func=func,
         max_attempts=check_max_attempts(max_attempts),
         timeout=None if timeout is None else float(timeout),

@@ -49,14 +49,50 @@ def _id_type() -> sa.types.TypeEngine[int]:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+#: The channel new jobs are announced on (PostgreSQL); a wake-up, not a
+#: guarantee: polling remains the correctness path (PgBouncer in transaction
+#: mode drops LISTEN).
+NOTIFY_CHANNEL = "durable_jobs"
+
+#: One NOTIFY per INSERT statement (not per row); PostgreSQL folds identical
+#: notifications of one transaction into one.
+NOTIFY_DDL = (
+    "CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger"
+    " LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('durable_jobs', '');"
+    " RETURN NULL; END $$",
+    "CREATE TRIGGER durable_jobs_notify AFTER INSERT ON durable_jobs"
+    " FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()",
+)
+
+
 def define_table(metadata: sa.MetaData) -> sa.Table:
     """Return the job table on ``metadata``, defining it the first time."""
     existing = metadata.tables.get(TABLE_NAME)
     if existing is not None:
         return existing
+    table = _define_table(metadata)
+    for statement in NOTIFY_DDL:
+        sa.event.listen(
+            table,
+            "after_create",
+            sa.DDL(statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+        )
+    sa.event.listen(
+        table,
+        "before_drop",
+        sa.DDL(  # type: ignore[no-untyped-call]
+            "DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE"
+        ).execute_if(dialect="postgresql"),
+    )
+    return table
+
+
+def _define_table(metadata: sa.MetaData) -> sa.Table:
     waiting = sa.text("status IN ('pending', 'retrying')")
     running = sa.text("status = 'running'")
     finished = sa.text("finished_at IS NOT NULL")
+    in_batch = sa.text("batch_id IS NOT NULL")
+    callback_due = sa.text("callback_status = 'pending'")
     return sa.Table(
         TABLE_NAME,
         metadata,
@@ -79,6 +115,16 @@ def define_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        # what a sweep does with an orphan of this job: 'retry' or 'dead'
+        sa.Column("orphan_policy", sa.String(8), nullable=False),
+        sa.Column("owner", sa.String(200), nullable=True),
+        sa.Column("batch_id", sa.String(64), nullable=True),
+        sa.Column("callback_url", sa.Text(), nullable=True),
+        sa.Column("callback_status", sa.String(16), nullable=True),
+        sa.Column("callback_attempts", sa.Integer(), nullable=False),
+        sa.Column("callback_error", sa.Text(), nullable=True),
+        sa.Column("callback_next_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("secrets", sa.Text(), nullable=True),  # encrypted; never returned
         sa.UniqueConstraint("idempotency_key", name="uq_durable_jobs_idempotency_key"),
         # The claim query reads only this index: it holds waiting jobs alone,
         # so finished rows never slow a claim down.
@@ -102,6 +148,19 @@ def define_table(metadata: sa.MetaData) -> sa.Table:
             "finished_at",
             postgresql_where=finished,
             sqlite_where=finished,
+        ),
+        sa.Index(
+            "ix_durable_jobs_batch",
+            "batch_id",
+            "status",
+            postgresql_where=in_batch,
+            sqlite_where=in_batch,
+        ),
+        sa.Index(
+            "ix_durable_jobs_callback",
+            "callback_next_at",
+            postgresql_where=callback_due,
+            sqlite_where=callback_due,
         ),
     )
 
@@ -127,6 +186,13 @@ class Job:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     lease_expires_at: dt.datetime | None = None
+    orphan_policy: str = "retry"
+    owner: str | None = None
+    batch_id: str | None = None
+    callback_url: str | None = None
+    callback_status: str | None = None
+    callback_attempts: int = 0
+    callback_error: str | None = None
 
     def to_dict(self) -> dict[str, t.Any]:
         """A JSON-ready dict; datetimes as ISO 8601 strings."""

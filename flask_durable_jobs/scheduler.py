@@ -21,6 +21,7 @@ Where it starts (:func:`start_decision`):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -123,6 +124,52 @@ class DaemonThreadExecutor(BaseExecutor):  # type: ignore[misc]
         threading.Thread(target=target, name="durable-jobs-tick", daemon=True).start()
 
 
+class Listener:
+    """Wakes the processor when another process inserts jobs (PostgreSQL NOTIFY).
+
+    A shortcut only: a lost notification, a dropped connection or a pooler
+    that does not pass LISTEN costs at most one poll interval.
+    """
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="durable-jobs-listen",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _main(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = self.state.store.listen()
+                if conn is None:
+                    return
+                failures = 0
+                while not self._stop.is_set():
+                    woke = False
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        woke = True
+                    if woke:
+                        self.state.runner.wake()
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("LISTEN for new jobs failed (%s); polling only until it"
+                                " reconnects", exc)
+                self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+
 class Scheduler:
     """One app's scheduler in this process."""
 
@@ -131,6 +178,7 @@ class Scheduler:
         self._tick_lock = threading.Lock()
         self._errors: dict[str, tuple[str, float]] = {}
         self._aps: t.Any = None
+        self._listener: Listener | None = None
         self.started_at: dt.datetime | None = None
         self.last_tick: dt.datetime | None = None
         self.last_sweep: dt.datetime | None = None
@@ -156,6 +204,9 @@ class Scheduler:
                     next_run_time=now + dt.timedelta(seconds=min(60.0, PRUNE_INTERVAL)))
         aps.start()
         self._aps = aps
+        if self.state.store.dialect == "postgresql":
+            self._listener = Listener(self.state)
+            self._listener.start()
         self.started_at = now
         self.state.runner.on_idle_wake = self.kick
         log.info("durable jobs scheduler started (pid %s, worker %s)",
@@ -177,6 +228,8 @@ class Scheduler:
         aps, self._aps = self._aps, None
         if aps is None:
             return
+        if self._listener is not None:
+            self._listener.stop()
         runner = self.state.runner
         timeout = self.state.settings.shutdown_timeout
         runner.begin_shutdown(timeout)

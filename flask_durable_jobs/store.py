@@ -36,6 +36,7 @@ from .models import (
     CANCELLED,
     DEAD,
     JOB_COLUMNS,
+    NOTIFY_CHANNEL,
     PENDING,
     RETRYING,
     RUNNING,
@@ -79,6 +80,11 @@ class Finish:
     result: str | None = None  # JSON text
     error: str | None = None
     run_at: dt.datetime | None = None  # next attempt, for retrying
+    # for signals and metrics; not written
+    job_type: str = ""
+    attempt: int = 0
+    duration: float | None = None
+    value: t.Any = None
 
 
 def _aware(value: t.Any) -> t.Any:
@@ -361,6 +367,16 @@ class Store(abc.ABC):
             if deleted < PRUNE_BATCH:
                 return total
 
+    # -- wake-ups ---------------------------------------------------------
+
+    def listen(self) -> t.Any:
+        """A driver connection subscribed to new-job notifications, or None.
+
+        Only PostgreSQL has them; elsewhere other processes find new jobs by
+        polling.
+        """
+        return None
+
     # -- hot path: implemented per dialect -------------------------------
 
     @abc.abstractmethod
@@ -398,8 +414,10 @@ class Store(abc.ABC):
 # parameter style, arrays vs. repeated statements, and SKIP LOCKED.
 
 _SWEEP_SET = """
-    status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'retrying' END,
-    finished_at = CASE WHEN attempts >= max_attempts THEN {now} ELSE NULL END,
+    status = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN 'dead' ELSE 'retrying' END,
+    finished_at = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN {now} ELSE NULL END,
     run_at = {now},
     updated_at = {now},
     last_error = 'lease expired: worker ' || COALESCE(worker_id, '?')
@@ -423,6 +441,16 @@ _RELEASE_SET = """
 
 class PostgresStore(Store):
     dialect = "postgresql"
+
+    def listen(self) -> t.Any:
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        conn = psycopg.connect(conninfo, autocommit=True)
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
 
     def claim(
         self,

@@ -29,6 +29,7 @@ import uuid
 from datetime import timedelta
 
 from . import payload as payload_json
+from . import signals
 from .errors import Discard
 from .handlers import HandlerSpec
 from .models import DEAD, RETRYING, SUCCEEDED
@@ -185,28 +186,35 @@ class Runner:
         row = item.row
         try:
             with self.app.app_context():
+                signals.send(signals.job_started, self.app, job_id=row.id,
+                             job_type=row.job_type, attempt=row.attempts, payload=row.payload)
                 try:
                     value = item.spec.func(row.payload)
                 finally:
                     self.db.session.remove()
         except Discard as exc:
-            return Finish(row.id, row.token, DEAD, error=f"Discard: {exc}")
+            return self._outcome(item, DEAD, error=f"Discard: {exc}")
         except BaseException as exc:
             log.info("job %s (%s) attempt %s failed: %r", row.id, row.job_type, row.attempts, exc)
             return self._failure(item, _format_error(exc))
         try:
             text = payload_json.dumps_result(value)
         except (TypeError, ValueError) as exc:
-            return Finish(
-                row.id, row.token, DEAD,
-                error=f"handler returned a value JSON cannot carry: {exc}",
+            return self._outcome(
+                item, DEAD, error=f"handler returned a value JSON cannot carry: {exc}"
             )
-        return Finish(row.id, row.token, SUCCEEDED, result=text)
+        return self._outcome(item, SUCCEEDED, result=text, value=value)
+
+    def _outcome(self, item: WorkItem, status: str, **fields: t.Any) -> Finish:
+        row = item.row
+        duration = None if item.started is None else time.monotonic() - item.started
+        return Finish(row.id, row.token, status, job_type=row.job_type, attempt=row.attempts,
+                      duration=duration, **fields)
 
     def _failure(self, item: WorkItem, error: str) -> Finish:
         row = item.row
         if row.attempts >= row.max_attempts:
-            return Finish(row.id, row.token, DEAD, error=error)
+            return self._outcome(item, DEAD, error=error)
         policy = item.spec.backoff or self.default_backoff
         try:
             delay = delay_for(policy, row.attempts)
@@ -214,7 +222,7 @@ class Runner:
             log.error("backoff policy of %s failed: %r; using the default", row.job_type, exc)
             delay = delay_for(self.default_backoff, row.attempts)
         run_at = self.clock() + timedelta(seconds=delay)
-        return Finish(row.id, row.token, RETRYING, error=error, run_at=run_at)
+        return self._outcome(item, RETRYING, error=error, run_at=run_at)
 
     # -- the loop -----------------------------------------------------------
 
@@ -375,6 +383,7 @@ class Runner:
             pending.extend(outcomes)
             time.sleep(0.2)
             return
+        kept = []
         for outcome in outcomes:
             inflight.pop(outcome.id, None)
             if outcome.id not in written:
@@ -383,8 +392,12 @@ class Runner:
                     outcome.id, outcome.status,
                 )
                 continue
-            key = {SUCCEEDED: "succeeded", RETRYING: "retried", DEAD: "dead"}[outcome.status]
-            counts[key] += 1
+            counts[_COUNT_KEYS[outcome.status]] += 1
+            kept.append(outcome)
+        if kept and _outcome_receivers():
+            with self.app.app_context():
+                for outcome in kept:
+                    _send_outcome(self.app, outcome)
 
     def _heartbeat(self, inflight: dict[int, WorkItem]) -> None:
         held = [(item.row.id, item.row.token) for item in inflight.values()]
@@ -441,6 +454,11 @@ class Runner:
         recovered = self.store.sweep(self.clock())
         for job_id, job_type, status in recovered:
             log.warning("job %s (%s): lease expired; now %s", job_id, job_type, status)
+        if recovered and signals.job_rescued.receivers:
+            with self.app.app_context():
+                for job_id, job_type, status in recovered:
+                    signals.send(signals.job_rescued, self.app, job_id=job_id,
+                                 job_type=job_type, status=status)
         return recovered
 
     def begin_shutdown(self, timeout: float) -> None:
@@ -458,6 +476,27 @@ class Runner:
         if not self._closed:
             self._closed = True
             self.pool.close(self.settings.concurrency)
+
+
+_COUNT_KEYS = {SUCCEEDED: "succeeded", RETRYING: "retried", DEAD: "dead"}
+
+
+def _outcome_receivers() -> bool:
+    return bool(
+        signals.job_succeeded.receivers or signals.job_retried.receivers
+        or signals.job_dead.receivers
+    )
+
+
+def _send_outcome(app: Flask, o: Finish) -> None:
+    common = {"job_id": o.id, "job_type": o.job_type, "attempt": o.attempt,
+              "duration": o.duration}
+    if o.status == SUCCEEDED:
+        signals.send(signals.job_succeeded, app, result=o.value, **common)
+    elif o.status == RETRYING:
+        signals.send(signals.job_retried, app, error=o.error, run_at=o.run_at, **common)
+    else:
+        signals.send(signals.job_dead, app, error=o.error, **common)
 
 
 def _drain(done: queue.Queue[t.Any]) -> list[t.Any]:

@@ -21,6 +21,8 @@ depends_on = None
 WAITING = "status IN ('pending', 'retrying')"
 RUNNING = "status = 'running'"
 FINISHED = "finished_at IS NOT NULL"
+IN_BATCH = "batch_id IS NOT NULL"
+CALLBACK_DUE = "callback_status = 'pending'"
 
 
 def _json() -> sa.types.TypeEngine[t.Any]:
@@ -56,6 +58,15 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("orphan_policy", sa.String(8), nullable=False),
+        sa.Column("owner", sa.String(200), nullable=True),
+        sa.Column("batch_id", sa.String(64), nullable=True),
+        sa.Column("callback_url", sa.Text(), nullable=True),
+        sa.Column("callback_status", sa.String(16), nullable=True),
+        sa.Column("callback_attempts", sa.Integer(), nullable=False),
+        sa.Column("callback_error", sa.Text(), nullable=True),
+        sa.Column("callback_next_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("secrets", sa.Text(), nullable=True),
         sa.UniqueConstraint("idempotency_key", name="uq_durable_jobs_idempotency_key"),
     )
     op.create_index(
@@ -71,7 +82,30 @@ def upgrade() -> None:
         "ix_durable_jobs_finished", "durable_jobs", ["finished_at"],
         postgresql_where=sa.text(FINISHED), sqlite_where=sa.text(FINISHED),
     )
+    op.create_index(
+        "ix_durable_jobs_batch", "durable_jobs", ["batch_id", "status"],
+        postgresql_where=sa.text(IN_BATCH), sqlite_where=sa.text(IN_BATCH),
+    )
+    op.create_index(
+        "ix_durable_jobs_callback", "durable_jobs", ["callback_next_at"],
+        postgresql_where=sa.text(CALLBACK_DUE), sqlite_where=sa.text(CALLBACK_DUE),
+    )
+
+
+    if op.get_bind().dialect.name == "postgresql":
+        # copied, not imported: a revision never changes with later code
+        op.execute(
+            "CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger"
+            " LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('durable_jobs', '');"
+            " RETURN NULL; END $$"
+        )
+        op.execute(
+            "CREATE TRIGGER durable_jobs_notify AFTER INSERT ON durable_jobs"
+            " FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()"
+        )
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE")
     op.drop_table("durable_jobs")
