@@ -32,6 +32,29 @@ log = logging.getLogger("flask_durable_jobs")
 EXTENSION_KEY = "durable_jobs"
 
 
+_PENDING = "durable_jobs.on_commit"
+
+
+def _on_commit(session: t.Any, callback: t.Callable[[], None]) -> None:
+    """Run ``callback`` when the session's transaction commits; drop it on rollback."""
+    pending = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = []
+        sa.event.listen(session, "after_commit", _run_pending)
+        sa.event.listen(session, "after_rollback", _drop_pending)
+    pending.append(callback)
+
+
+def _run_pending(session: t.Any) -> None:
+    callbacks, session.info[_PENDING] = session.info[_PENDING], []
+    for callback in callbacks:
+        callback()
+
+
+def _drop_pending(session: t.Any) -> None:
+    session.info[_PENDING] = []
+
+
 def _check_owner(owner: t.Any) -> str:
     if not isinstance(owner, str) or not 0 < len(owner) <= 200:
         raise ValueError(f"owner must be a string of 1 to 200 characters, got {owner!r}")
@@ -377,7 +400,7 @@ class DurableJobs:
     ) -> None:
         """Commit (or wait for the caller's commit), then signal and wake."""
 
-        def committed(_session: t.Any = None) -> None:
+        def committed() -> None:
             if not ids:
                 return
             signals.send(signals.job_enqueued, state.app, job_type=job_type, job_ids=ids,
@@ -393,7 +416,7 @@ class DurableJobs:
             session.commit()
             committed()
         elif ids:
-            sa.event.listen(session(), "after_commit", committed, once=True)
+            _on_commit(session(), committed)
 
     # -- reading and changing jobs ----------------------------------------------
 
