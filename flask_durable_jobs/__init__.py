@@ -12,6 +12,7 @@ from .errors import (
 )
 from .extension import DurableJobs
 from .models import STATUSES, Job
+from .vault import SecretsUnavailable, job_secrets
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,7 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobTimeout",
+    "SecretsUnavailable",
     "__version__",
+    "job_secrets",
 ]

@@ -22,13 +22,18 @@ Choices a user can rely on (the docs repeat them):
 * ``payload`` and ``result`` are masked (:mod:`.masking`); ``last_error`` is
   cut to :data:`LAST_ERROR_MAX_CHARS` characters (plus a marker) so one
   runaway traceback cannot bloat a page of jobs.
+* ``GET {prefix}/health`` describes the answering process (see
+  :func:`health_report`): 200 when healthy, 503 with the same body when not.
+  It sits behind the same access check as every other route.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 import logging
+import os
 import typing as t
 
 from flask import Blueprint, Flask, current_app, jsonify, request
@@ -37,7 +42,8 @@ from werkzeug.routing import BaseConverter, Rule
 
 from . import masking, openapi
 from .errors import InvalidTransition, JobNotFound
-from .models import STATUSES
+from .models import STATUSES, UTC
+from .scheduler import AFTER_FORK, NEVER
 
 if t.TYPE_CHECKING:
     from flask import Response
@@ -55,8 +61,7 @@ UNMATCHED_ENDPOINT = f"{BLUEPRINT_NAME}.unmatched"
 #: ``last_error`` longer than this is shown as its first and last parts with a
 #: marker between them: the exception's type and message lead, and a traceback
 #: ends with the innermost frames, so both ends are what an operator needs.
-LAST_ERROR_MAX_CHARS = 4000
-LAST_ERROR_HEAD_CHARS = 1000
+LAST_ERROR_MAX_CHARS = masking.LAST_ERROR_MAX_CHARS
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 200
 #: Keeps ``(page - 1) * per_page`` far inside a 64-bit OFFSET.
@@ -65,6 +70,12 @@ MAX_PAGE = 2**31 - 1
 MAX_JOB_ID = 2**63 - 1
 #: Most jobs one ``POST {prefix}/process`` may claim; it runs inside the request.
 MAX_PROCESS_LIMIT = 10_000
+#: A running scheduler whose due-job tick has not fired for this many poll
+#: intervals, and at least :data:`HEALTH_MIN_STALL_SECONDS`, is stalled.
+HEALTH_STALL_INTERVALS = 3
+HEALTH_MIN_STALL_SECONDS = 5.0
+#: Largest ``max_due_age`` (seconds) the health route takes: a year.
+MAX_DUE_AGE_SECONDS = 366 * 24 * 3600
 
 _ERROR_CODES = {
     400: "bad_request",
@@ -174,19 +185,7 @@ def _empty_response(status: int, headers: t.Mapping[str, str] | None = None) -> 
 
 def _job_json(job: Job) -> dict[str, t.Any]:
     """The job as the API shows it: secrets masked, ``last_error`` bounded."""
-    data = job.to_dict()
-    data["payload"] = masking.mask(data["payload"])
-    data["result"] = masking.mask(data["result"])
-    error = data.get("last_error")
-    if isinstance(error, str) and len(error) > LAST_ERROR_MAX_CHARS:
-        cut = len(error) - LAST_ERROR_MAX_CHARS
-        tail = LAST_ERROR_MAX_CHARS - LAST_ERROR_HEAD_CHARS
-        data["last_error"] = (
-            error[:LAST_ERROR_HEAD_CHARS]
-            + f"\n[... truncated: {cut:,} of {len(error):,} characters not shown ...]\n"
-            + error[-tail:]
-        )
-    return data
+    return masking.public_job(job)
 
 
 def _parse_int(name: str, text: str, *, minimum: int, maximum: int) -> int:
@@ -338,6 +337,105 @@ def stats() -> Response:
     return jsonify(_ext().stats())
 
 
+def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, t.Any]:
+    """This process's scheduler and the due backlog, with a ``healthy`` verdict.
+
+    ``scheduler`` is one of:
+
+    * ``running``: its APScheduler runs and the due-job tick fired recently;
+    * ``stalled``: its APScheduler runs but the tick has not fired for
+      ``stall_after_seconds``;
+    * ``dead``: it was started here and its APScheduler no longer runs;
+    * ``stopped``: it should run here (it started at ``init_app``) and was
+      stopped (``jobs.stop()``, or the interpreter is exiting);
+    * ``disabled``: ``DURABLE_JOBS_SCHEDULER = False`` and none was started;
+    * ``not_started``: a process that never runs it (a ``flask`` command such
+      as ``flask jobs health`` itself, gunicorn's master before the fork).
+
+    The last two are healthy: nothing here is meant to tick. The process is
+    unhealthy when the scheduler is ``stalled``, ``dead`` or ``stopped``, when
+    the backlog cannot be read, or when the oldest due job has waited longer
+    than ``max_due_age`` seconds (given). ``problems`` says why, in words.
+
+    The tick proves that the scheduler fires, not that a processor loop
+    already inside a slow statement moves on: ``max_due_age`` catches that,
+    and work stuck anywhere, from any process.
+    """
+    settings = state.settings
+    now = dt.datetime.now(UTC)
+    stall_after = max(HEALTH_STALL_INTERVALS * settings.poll_interval, HEALTH_MIN_STALL_SECONDS)
+    problems: list[str] = []
+    scheduler = state.scheduler
+    if scheduler is not None:
+        last = scheduler.last_tick or scheduler.started_at
+        silent = 0.0 if last is None else (now - last).total_seconds()
+        if not scheduler.running:
+            status = "dead"
+            problems.append("the scheduler started in this process is no longer running")
+        elif silent > stall_after:
+            status = "stalled"
+            problems.append(
+                f"the scheduler's due-job tick last fired {silent:.1f} s ago"
+                f" (stalled after {stall_after:g} s)"
+            )
+        else:
+            status = "running"
+    elif not settings.scheduler:
+        status = "disabled"
+    elif state.start_policy in (NEVER, AFTER_FORK):
+        status = "not_started"
+    else:
+        status = "stopped"
+        problems.append("the scheduler of this process was stopped")
+
+    due_count: int | None = None
+    oldest: float | None = None
+    try:
+        due_count, oldest = state.store.due_backlog(state.now())
+    except Exception as exc:
+        logger.warning("health: reading the due backlog failed", exc_info=True)
+        problems.append(
+            f"the due backlog could not be read ({type(exc).__name__}); the log has the details"
+        )
+    if max_due_age is not None and oldest is not None and oldest > max_due_age:
+        problems.append(
+            f"the oldest due job has waited {oldest:.1f} s (more than max_due_age,"
+            f" {max_due_age} s)"
+        )
+
+    runner = state._runner
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "scheduler": status,
+        "pid": os.getpid(),
+        "worker_id": None if runner is None else runner.worker_id,
+        "started_at": _iso(None if scheduler is None else scheduler.started_at),
+        "last_tick": _iso(None if scheduler is None else scheduler.last_tick),
+        "last_sweep": _iso(None if scheduler is None else scheduler.last_sweep),
+        "stall_after_seconds": stall_after,
+        "due_count": due_count,
+        "oldest_due_age_seconds": oldest,
+        "checked_at": now.isoformat(),
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+@blueprint.get("/health", **_route_options)
+def health() -> Response:
+    text = request.args.get("max_due_age")
+    max_due_age = None if text is None else _parse_int(
+        "max_due_age", text, minimum=1, maximum=MAX_DUE_AGE_SECONDS
+    )
+    report = health_report(_state(), max_due_age=max_due_age)
+    response = jsonify(report)
+    response.status_code = 200 if report["healthy"] else 503
+    return response
+
+
 @blueprint.get("", strict_slashes=False, **_route_options)
 def list_jobs() -> Response:
     status = _text_arg("status")
@@ -428,6 +526,7 @@ def openapi_document() -> Response:
             max_job_id=MAX_JOB_ID,
             max_process_limit=MAX_PROCESS_LIMIT,
             last_error_max_chars=LAST_ERROR_MAX_CHARS,
+            max_due_age=MAX_DUE_AGE_SECONDS,
         )
     )
     return current_app.response_class(document, mimetype="application/json")

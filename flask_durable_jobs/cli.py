@@ -57,6 +57,20 @@ def stats_command() -> None:
     _echo(_ext().stats())
 
 
+@jobs_cli.command("health")
+@click.option("--max-due-age", type=click.IntRange(min=1), default=None,
+              help="Also fail when the oldest due job has waited longer (seconds).")
+def health_command(max_due_age: int | None) -> None:
+    """Print the health report as JSON; exit 1 when unhealthy."""
+    from .admin import health_report
+
+    _ext()  # a clear error when the extension is not initialised
+    report = health_report(current_app.extensions["durable_jobs"], max_due_age=max_due_age)
+    _echo(report)
+    if not report["healthy"]:
+        raise SystemExit(1)
+
+
 @jobs_cli.command("retry")
 @click.argument("job_id", type=click.IntRange(min=1))
 def retry_command(job_id: int) -> None:
@@ -85,6 +99,15 @@ def work_command() -> None:
     while not stop.wait(0.5):
         pass
     ext.stop()
+
+
+@jobs_cli.command("periodic")
+def periodic_command() -> None:
+    """Print the recurring schedules with their last and next fire times."""
+    from .periodic import describe
+
+    _ext()  # a clear error when the extension is not initialised
+    _echo(describe(current_app.extensions["durable_jobs"]))
 
 
 @jobs_cli.command("upgrade")

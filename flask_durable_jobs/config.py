@@ -30,6 +30,11 @@ DEFAULTS: dict[str, t.Any] = {
     "URL_PREFIX": "/admin/jobs",  # where the admin blueprint lives
     "ADMIN_TOKEN": None,  # bearer token for the admin API
     "EAGER": False,  # run due jobs at enqueue, in the enqueuing thread (for tests)
+    "SECRET_KEY": None,  # Fernet key(s) for job secrets; the first encrypts, all decrypt
+    "CALLBACK_SECRET": None,  # HMAC-SHA256 key that signs completion callbacks
+    "CALLBACK_HOSTS": None,  # hosts callbacks may target; None: public addresses only
+    "CALLBACK_TIMEOUT": (3.0, 10.0),  # seconds: connect, read
+    "METRICS": False,  # True (prometheus_client's REGISTRY) or a CollectorRegistry
 }
 
 PREFIX = "DURABLE_JOBS_"
@@ -54,6 +59,11 @@ class Settings:
     url_prefix: str
     admin_token: str | None
     eager: bool = False
+    secret_keys: tuple[str, ...] = ()
+    callback_secret: str | None = None
+    callback_hosts: tuple[str, ...] | None = None
+    callback_timeout: tuple[float, float] = (3.0, 10.0)
+    metrics: t.Any = False  # False, True or a prometheus_client CollectorRegistry
 
 
 def _number(key: str, value: t.Any, *, minimum: float, strict: bool) -> float:
@@ -94,6 +104,45 @@ def _queues(value: t.Any) -> tuple[str, ...] | None:
     if not all(isinstance(name, str) and name.strip() for name in names):
         raise ConfigError(f"{key} must name non-empty queues, got {value!r}")
     return tuple(dict.fromkeys(name.strip() for name in names))
+
+
+def _strings(key: str, value: t.Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(
+        isinstance(item, str) and item.strip() for item in items
+    ):
+        raise ConfigError(f"{PREFIX}{key} must be a non-empty string or list of strings")
+    return tuple(item.strip() for item in items)
+
+
+def _timeout(value: t.Any) -> tuple[float, float]:
+    key = "CALLBACK_TIMEOUT"
+    pair = (value, value) if isinstance(value, (int, float)) else value
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise ConfigError(f"{PREFIX}{key} must be seconds or (connect, read) seconds")
+    connect, read = (_number(key, part, minimum=0, strict=True) for part in pair)
+    return connect, read
+
+
+def _metrics(value: t.Any) -> t.Any:
+    # prometheus_client is optional: imported only when metrics are switched on.
+    key = PREFIX + "METRICS"
+    if value is False or value is None:
+        return False
+    try:
+        from prometheus_client.registry import CollectorRegistry
+    except ImportError:
+        raise ConfigError(
+            f"{key} needs prometheus_client: pip install 'flask-durable-jobs[metrics]'"
+        ) from None
+    if value is not True and not isinstance(value, CollectorRegistry):
+        raise ConfigError(
+            f"{key} must be True, False or a prometheus_client CollectorRegistry,"
+            f" got {type(value).__name__} {value!r}"
+        )
+    return value
 
 
 def load(config: t.Mapping[str, t.Any]) -> Settings:
@@ -146,4 +195,9 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         url_prefix=prefix,
         admin_token=token,
         eager=eager,
+        secret_keys=_strings("SECRET_KEY", get("SECRET_KEY")) or (),
+        callback_secret=(_strings("CALLBACK_SECRET", get("CALLBACK_SECRET")) or (None,))[0],
+        callback_hosts=_strings("CALLBACK_HOSTS", get("CALLBACK_HOSTS")),
+        callback_timeout=_timeout(get("CALLBACK_TIMEOUT")),
+        metrics=_metrics(get("METRICS")),
     )

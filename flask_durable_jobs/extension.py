@@ -6,20 +6,24 @@ import datetime as dt
 import logging
 import threading
 import typing as t
+import uuid
 
 import sqlalchemy as sa
 from flask import Flask, current_app
 
+from . import callbacks, signals
 from . import config as config_module
 from . import handlers as handlers_module
 from . import payload as payload_json
-from . import signals
+from . import periodic as periodic_module
+from .errors import ConfigError
 from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
-from .models import PENDING, Job, define_table, utcnow
+from .models import PENDING, Batch, Job, define_batch_table, define_table, utcnow
 from .retry import Backoff, default_backoff
 from .scheduler import AFTER_FORK, NOW, Scheduler, start_decision, track
 from .store import Store, build_engine, make_store
+from .vault import make_vault
 from .worker import Counts, Runner, empty_counts
 
 if t.TYPE_CHECKING:
@@ -30,6 +34,25 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("flask_durable_jobs")
 
 EXTENSION_KEY = "durable_jobs"
+
+
+def _encrypt_secrets(state: State, secrets: t.Any) -> str:
+    if state.vault is None:
+        raise ConfigError(
+            "enqueue(secrets=...) needs DURABLE_JOBS_SECRET_KEY: secrets are never stored"
+            " in plain text"
+        )
+    if not isinstance(secrets, dict):
+        raise TypeError(f"secrets must be a dict, got {type(secrets).__name__}")
+    try:
+        payload_json.check(secrets, root="secrets")
+    except TypeError as exc:
+        raise TypeError(str(exc)) from None
+    return state.vault.encrypt(secrets)
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
 _PENDING = "durable_jobs.on_commit"
@@ -68,6 +91,7 @@ class State:
     def __init__(
         self, ext: DurableJobs, app: Flask, db: SQLAlchemy, settings: Settings, table: sa.Table
     ) -> None:
+        self.batches = define_batch_table(db.metadata)
         self.ext = ext
         self.app = app
         self.db = db
@@ -80,6 +104,7 @@ class State:
         self._store: Store | None = None
         self._runner: Runner | None = None
         self.scheduler: Scheduler | None = None
+        self.vault = make_vault(settings.secret_keys)
         self.default_backoff: Backoff = default_backoff(
             settings.backoff_base, settings.backoff_factor,
             settings.backoff_max, settings.backoff_jitter,
@@ -96,7 +121,7 @@ class State:
                     with self.app.app_context():
                         app_engine = self.db.engine
                     engine = build_engine(app_engine, pool_size=self.settings.concurrency + 2)
-                    self._store = make_store(engine, self.table)
+                    self._store = make_store(engine, self.table, self.batches)
         return self._store
 
     @property
@@ -112,7 +137,9 @@ class State:
                         handlers=self.ext._handlers,
                         default_backoff=self.default_backoff,
                         clock=self.now,
+                        vault=self.vault,
                     )
+                    self._runner.on_batch_ended = self.finish_batches
         return self._runner
 
     def start_scheduler(self) -> None:
@@ -150,6 +177,27 @@ class State:
             self.start_policy = NOW
             self.start_scheduler()
 
+    def finish_batches(self, batch_ids: t.Iterable[str]) -> list[str]:
+        """Enqueue the completion job of every given batch whose jobs all ended."""
+        return self.store.complete_batches(batch_ids, self.now(), self._completion_job)
+
+    def _completion_job(self, batch_id: str, batch: t.Any) -> dict[str, t.Any] | None:
+        if batch.on_complete is None:
+            return None
+        spec = self.ext._handlers.get(batch.on_complete)
+        now = self.now()
+        return {
+            "job_type": batch.on_complete,
+            "queue": spec.queue if spec else handlers_module.DEFAULT_QUEUE,
+            "priority": spec.priority if spec else handlers_module.DEFAULT_PRIORITY,
+            "max_attempts": spec.max_attempts if spec else handlers_module.DEFAULT_MAX_ATTEMPTS,
+            "orphan_policy": spec.on_orphan if spec else "retry",
+            "status": PENDING, "attempts": 0, "callback_attempts": 0,
+            "payload": batch.on_complete_payload or {},
+            "idempotency_key": f"batch:{batch_id}",
+            "run_at": now, "created_at": now, "updated_at": now,
+        }
+
     def prune(self, older_than: dt.timedelta | None = None) -> int:
         now = self.now()
         finished = older_than if older_than is not None else dt.timedelta(
@@ -171,6 +219,7 @@ class DurableJobs:
         self._db = db
         self._handlers: dict[str, HandlerSpec] = {}
         self._admin_authorizer: t.Callable[[], bool] | None = None
+        self._schedules: dict[str, periodic_module.Schedule] = {}
         if app is not None:
             self.init_app(app, db=db)
 
@@ -191,6 +240,7 @@ class DurableJobs:
         settings = config_module.load(app.config)
         table = define_table(db.metadata)
         define_version_table(db.metadata)
+        periodic_module.define_table(db.metadata)
         state = State(self, app, db, settings, table)
         app.extensions[EXTENSION_KEY] = state
 
@@ -198,6 +248,9 @@ class DurableJobs:
 
         admin.register(app, self, settings)
         app.cli.add_command(cli.jobs_cli)
+        if settings.metrics:  # optional: prometheus_client is imported only here
+            from .metrics import init_app as init_metrics
+            init_metrics(state)
         track(state)
         if settings.scheduler:
             decision, why = start_decision()
@@ -239,6 +292,27 @@ class DurableJobs:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"handler name must be a string, got {type(name).__name__}")
         return register
+
+    def periodic(
+        self,
+        schedule: str,
+        job_type: str | None = None,
+        *,
+        key: str | None = None,
+        payload: dict[str, t.Any] | None = None,
+        timezone: str = "UTC",
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> t.Any:
+        """Enqueue ``job_type`` at each fire time of a cron schedule, once across processes.
+
+        ``jobs.periodic("*/5 * * * *", "name")``, or ``@jobs.periodic("0 3 * * *")``
+        stacked above ``@jobs.handler``; see :mod:`flask_durable_jobs.periodic`.
+        """
+        return periodic_module.register(
+            self, schedule, job_type, key=key, payload=payload, timezone=timezone,
+            queue=queue, priority=priority,
+        )
 
     def admin_authorizer(self, func: F) -> F:
         """Register ``func() -> bool`` deciding access to the admin API for the request."""
@@ -324,11 +398,16 @@ class DurableJobs:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         owner: str | None = None,
+        secrets: dict[str, t.Any] | None = None,
+        callback_url: str | None = None,
         commit: bool = True,
     ) -> Job:
         """Store a job in the caller's ``db.session``; commit it unless ``commit=False``.
 
         ``owner`` tags the job with who may see it (see :meth:`get`).
+        ``secrets`` are stored encrypted and handed only to the handler
+        (:func:`~flask_durable_jobs.job_secrets`). ``callback_url`` receives the
+        job, signed, when it ends.
         """
         state = self._state()
         values = self._job_values(
@@ -337,7 +416,7 @@ class DurableJobs:
         )
         if payload is None:
             payload = {}
-        payload_json.dumps_payload(payload)  # validates; names the bad key path
+        payload_json.check_payload(payload)  # names the bad key path
         values["payload"] = payload
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255:
@@ -348,6 +427,10 @@ class DurableJobs:
             values["idempotency_key"] = idempotency_key
         if owner is not None:
             values["owner"] = _check_owner(owner)
+        if secrets is not None:
+            values["secrets"] = _encrypt_secrets(state, secrets)
+        if callback_url is not None:
+            values["callback_url"] = callbacks.check_url(callback_url, state.settings)
         session = state.db.session
         job, created = state.store.insert(session, values)
         self._after_enqueue(
@@ -374,15 +457,14 @@ class DurableJobs:
             state, job_type, delay=delay, run_at=run_at, queue=queue,
             priority=priority, max_attempts=max_attempts,
         )
-        rows = []
+        texts = []
         for index, payload in enumerate(payloads):
             try:
-                payload_json.dumps_payload(payload)
+                texts.append(payload_json.dumps_payload(payload))
             except TypeError as exc:
                 raise TypeError(f"payloads[{index}]: {exc}") from None
-            rows.append({**values, "payload": payload})
         session = state.db.session
-        ids = state.store.insert_many(session, rows)
+        ids = state.store.insert_many(session, values, texts)
         self._after_enqueue(state, session, commit, job_type, ids, None,
                             due=values["run_at"] <= values["created_at"])
         return ids
@@ -464,7 +546,82 @@ class DurableJobs:
     def cancel(self, job_id: int) -> Job:
         """Cancel a ``pending`` or ``retrying`` job."""
         state = self._state()
-        return state.store.cancel(job_id, state.now())
+        job = state.store.cancel(job_id, state.now())
+        if job.batch_id is not None:
+            state.finish_batches([job.batch_id])
+        return job
+
+    # -- batches ---------------------------------------------------------------------
+
+    def enqueue_batch(
+        self,
+        jobs: t.Iterable[tuple[str, dict[str, t.Any]]],
+        *,
+        on_complete: str | None = None,
+        on_complete_payload: dict[str, t.Any] | None = None,
+        batch_id: str | None = None,
+        commit: bool = True,
+    ) -> Batch:
+        """Enqueue ``(job_type, payload)`` pairs under one batch id, in one transaction.
+
+        When every job of the batch has ended (succeeded, dead or cancelled),
+        ``on_complete`` is enqueued once with ``on_complete_payload``, however
+        many processes finish the batch's jobs.
+        """
+        state = self._state()
+        pairs = list(jobs)
+        if not pairs:
+            raise ValueError("a batch needs at least one job")
+        if on_complete is not None and on_complete not in self._handlers:
+            raise LookupError(f"no handler registered for on_complete job type {on_complete!r}")
+        if on_complete_payload is not None:
+            payload_json.check_payload(on_complete_payload)
+        if batch_id is None:
+            batch_id = uuid.uuid4().hex
+        elif not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64:
+            raise ValueError(f"batch_id must be a string of 1 to 64 characters, got {batch_id!r}")
+        by_type: dict[str, list[tuple[int, str]]] = {}
+        for index, (job_type, payload) in enumerate(pairs):
+            try:
+                text = payload_json.dumps_payload(payload)
+            except TypeError as exc:
+                raise TypeError(f"jobs[{index}]: {exc}") from None
+            by_type.setdefault(job_type, []).append((index, text))
+        session = state.db.session
+        now = state.now()
+        session.execute(state.batches.insert().values(
+            id=batch_id, on_complete=on_complete, on_complete_payload=on_complete_payload,
+            created_at=now,
+        ))
+        ids: list[int] = [0] * len(pairs)
+        for job_type, items in by_type.items():
+            values = self._job_values(state, job_type, delay=None, run_at=None, queue=None,
+                                      priority=None, max_attempts=None)
+            values["batch_id"] = batch_id
+            new_ids = state.store.insert_many(session, values, [text for _, text in items])
+            for (index, _text), job_id in zip(items, new_ids, strict=True):
+                ids[index] = job_id
+        self._after_enqueue(state, session, commit, pairs[0][0], ids, None, due=True)
+        return Batch(id=batch_id, job_ids=ids)
+
+    def batch_status(self, batch_id: str) -> dict[str, t.Any] | None:
+        """Counts of the batch's jobs by status, and whether all have ended."""
+        state = self._state()
+        row = state.store.batch_row(batch_id)
+        if row is None:
+            return None
+        counts = state.store.batch_counts(batch_id)
+        total = sum(counts.values())
+        ended = sum(counts[s] for s in ("succeeded", "dead", "cancelled"))
+        return {
+            "batch_id": batch_id,
+            "by_status": counts,
+            "total": total,
+            "all_terminal": total > 0 and ended == total,
+            "on_complete": row.on_complete,
+            "completed_at": None if row.completed_at is None
+            else _as_utc(row.completed_at).isoformat(),
+        }
 
     def delete(self, job_id: int) -> None:
         """Delete a job that is not running."""

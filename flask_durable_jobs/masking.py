@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import typing as t
 
+if t.TYPE_CHECKING:
+    from .models import Job
+
+#: Longest ``last_error`` shown outside the database (admin API, callbacks):
+#: the first :data:`LAST_ERROR_HEAD_CHARS` and the last characters are kept.
+LAST_ERROR_MAX_CHARS = 4000
+LAST_ERROR_HEAD_CHARS = 1000
+
 #: A key is secret when it contains one of these, ignoring case and ignoring
 #: characters other than letters and digits (so ``api_key``, ``API-Key`` and
 #: ``apiKey`` all match). A plain substring match: ``tokens_used`` is masked
@@ -44,3 +52,21 @@ def mask(value: t.Any) -> t.Any:
     if isinstance(value, (list, tuple)):
         return [mask(item) for item in value]
     return value
+
+
+def public_job(job: Job) -> dict[str, t.Any]:
+    """A job as it leaves the library (admin API, callbacks): secrets masked,
+    ``last_error`` bounded. The encrypted secrets are never part of a Job."""
+    data = job.to_dict()
+    data["payload"] = mask(data["payload"])
+    data["result"] = mask(data["result"])
+    error = data.get("last_error")
+    if isinstance(error, str) and len(error) > LAST_ERROR_MAX_CHARS:
+        cut = len(error) - LAST_ERROR_MAX_CHARS
+        tail = LAST_ERROR_MAX_CHARS - LAST_ERROR_HEAD_CHARS
+        data["last_error"] = (
+            error[:LAST_ERROR_HEAD_CHARS]
+            + f"\n[... truncated: {cut:,} of {len(error):,} characters not shown ...]\n"
+            + error[-tail:]
+        )
+    return data

@@ -203,5 +203,32 @@ class Job:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Jobs enqueued together by ``enqueue_batch``."""
+
+    id: str
+    job_ids: list[int]
+
+
 #: Columns in the order :class:`Job` takes them; the store selects these.
 JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
+
+
+BATCH_TABLE_NAME = "durable_jobs_batches"
+
+
+def define_batch_table(metadata: sa.MetaData) -> sa.Table:
+    """Batches: jobs enqueued together, and the job to run when all have ended."""
+    existing = metadata.tables.get(BATCH_TABLE_NAME)
+    if existing is not None:
+        return existing
+    return sa.Table(
+        BATCH_TABLE_NAME,
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("on_complete", sa.String(200), nullable=True),
+        sa.Column("on_complete_payload", _json_type(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+    )

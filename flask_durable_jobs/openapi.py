@@ -21,6 +21,7 @@ def _nullable(schema: dict[str, t.Any]) -> dict[str, t.Any]:
 
 _DATETIME: dict[str, t.Any] = {"type": "string", "format": "date-time"}
 _COUNT: dict[str, t.Any] = {"type": "integer", "minimum": 0}
+_SCHEDULER_STATES = ("running", "stalled", "dead", "stopped", "disabled", "not_started")
 _COUNTS_BY_STATUS: dict[str, t.Any] = {
     "type": "object",
     "properties": {status: _COUNT for status in STATUSES},
@@ -128,6 +129,63 @@ def _schemas(last_error_max_chars: int) -> dict[str, t.Any]:
             },
             "required": ["by_status", "by_type", "total", "oldest_due_age_seconds", "unhandled"],
         },
+        "Health": {
+            "type": "object",
+            "description": "The answering process: whether its scheduler is alive, and"
+            " the due backlog of the whole database.",
+            "properties": {
+                "healthy": {"type": "boolean"},
+                "problems": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Why the process is unhealthy; empty when healthy.",
+                },
+                "scheduler": {
+                    "type": "string",
+                    "enum": list(_SCHEDULER_STATES),
+                    "description": "running; stalled (its due-job tick stopped firing),"
+                    " dead (started here, no longer running) or stopped (stopped on"
+                    " purpose): unhealthy; disabled (DURABLE_JOBS_SCHEDULER = False) or"
+                    " not_started (a process that never runs it): healthy.",
+                },
+                "pid": {"type": "integer"},
+                "worker_id": {
+                    "type": ["string", "null"],
+                    "description": "host:pid:suffix of this process's job runner; null"
+                    " before it first ran.",
+                },
+                "started_at": _nullable(_DATETIME),
+                "last_tick": _nullable(_DATETIME),
+                "last_sweep": _nullable(_DATETIME),
+                "stall_after_seconds": {"type": "number", "minimum": 0},
+                "due_count": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "description": "Due jobs (pending or retrying with run_at <= now);"
+                    " null when the database could not be read.",
+                },
+                "oldest_due_age_seconds": {
+                    "type": ["number", "null"],
+                    "description": "Age of the longest-waiting due job; null when none"
+                    " is due or the database could not be read.",
+                },
+                "checked_at": _DATETIME,
+            },
+            "required": [
+                "healthy",
+                "problems",
+                "scheduler",
+                "pid",
+                "worker_id",
+                "started_at",
+                "last_tick",
+                "last_sweep",
+                "stall_after_seconds",
+                "due_count",
+                "oldest_due_age_seconds",
+                "checked_at",
+            ],
+        },
         "ProcessCounts": {
             "type": "object",
             "properties": {
@@ -174,6 +232,7 @@ def build(
     max_job_id: int,
     max_process_limit: int,
     last_error_max_chars: int,
+    max_due_age: int = 366 * 24 * 3600,
 ) -> dict[str, t.Any]:
     """The OpenAPI document for an admin API mounted at ``prefix``."""
     from . import __version__
@@ -234,6 +293,26 @@ def build(
                     "summary": "Counts by status and type, the oldest due job's age,"
                     " and due jobs no handler here can run",
                     "responses": {"200": _json("Stats", "The counts."), **_errors(*common)},
+                }
+            },
+            f"{prefix}/health": {
+                "get": {
+                    "operationId": "getHealth",
+                    "summary": "Whether this process's scheduler is alive, and the due backlog",
+                    "parameters": [
+                        _integer_query(
+                            "max_due_age",
+                            "Also unhealthy when the oldest due job has waited longer than"
+                            " this many seconds.",
+                            minimum=1,
+                            maximum=max_due_age,
+                        )
+                    ],
+                    "responses": {
+                        "200": _json("Health", "Healthy."),
+                        "503": _json("Health", "Unhealthy; problems says why."),
+                        **_errors(400, *common),
+                    },
                 }
             },
             f"{prefix}/{{job_id}}": {

@@ -47,11 +47,16 @@ def check(value: t.Any, parts: list[str | int] | None = None, *, root: str = "pa
     raise TypeError(f"{where} is a {type(value).__name__}, which JSON cannot carry")
 
 
-def dumps_payload(payload: t.Any) -> str:
-    """Validate a job payload (a JSON object) and serialise it."""
+def check_payload(payload: t.Any) -> None:
+    """Validate a job payload: a JSON object that strict JSON can carry."""
     if not isinstance(payload, dict):
         raise TypeError(f"payload must be a JSON object (a dict), got {type(payload).__name__}")
     check(payload)
+
+
+def dumps_payload(payload: t.Any) -> str:
+    """Validate a job payload and serialise it."""
+    check_payload(payload)
     return json.dumps(payload, separators=(",", ":"), allow_nan=False)
 
 

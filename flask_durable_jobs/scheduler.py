@@ -1,10 +1,11 @@
 """The in-process scheduler: what it runs, and in which processes it starts.
 
 Every process that serves requests runs an APScheduler ``BackgroundScheduler``
-with three jobs: the due-job processor (every ``DURABLE_JOBS_POLL_INTERVAL``),
-the orphan sweep (every ``DURABLE_JOBS_SWEEP_INTERVAL``) and retention pruning
-(hourly). Many processes doing the same is safe: the database decides who
-gets which job.
+with four jobs: the due-job processor (every ``DURABLE_JOBS_POLL_INTERVAL``),
+the orphan sweep (every ``DURABLE_JOBS_SWEEP_INTERVAL``), retention pruning
+(hourly) and the recurring schedules' tick (every second, :mod:`.periodic`).
+Many processes doing the same is safe: the database decides who gets which
+job.
 
 Where it starts (:func:`start_decision`):
 
@@ -34,6 +35,7 @@ import weakref
 from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from . import callbacks, periodic
 from .models import UTC
 
 if t.TYPE_CHECKING:
@@ -48,6 +50,8 @@ NEVER = "never"
 PROCESS_JOB = "durable_jobs.process"
 SWEEP_JOB = "durable_jobs.sweep"
 PRUNE_JOB = "durable_jobs.prune"
+PERIODIC_JOB = "durable_jobs.periodic"
+CALLBACK_JOB = "durable_jobs.callbacks"
 #: Seconds between retention prunes by the scheduler.
 PRUNE_INTERVAL = 3600.0
 #: Repeated identical tick errors are logged at most this often (seconds).
@@ -125,10 +129,11 @@ class DaemonThreadExecutor(BaseExecutor):  # type: ignore[misc]
 
 
 class Listener:
-    """Wakes the processor when another process inserts jobs (PostgreSQL NOTIFY).
+    """Wakes the processor when another process may have added jobs.
 
-    A shortcut only: a lost notification, a dropped connection or a pooler
-    that does not pass LISTEN costs at most one poll interval.
+    PostgreSQL: LISTEN for the insert trigger's NOTIFY. SQLite: the file's
+    change counter. A shortcut only: a lost notification, a dropped connection
+    or a pooler that does not pass LISTEN costs at most one poll interval.
     """
 
     def __init__(self, state: State) -> None:
@@ -146,28 +151,23 @@ class Listener:
     def _main(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            conn = None
+            watcher = None
             try:
-                conn = self.state.store.listen()
-                if conn is None:
-                    return
+                watcher = self.state.store.watch()
                 failures = 0
                 while not self._stop.is_set():
-                    woke = False
-                    for _ in conn.notifies(timeout=0.5, stop_after=1):
-                        woke = True
-                    if woke:
+                    if watcher.wait(0.5):
                         self.state.runner.wake()
             except Exception as exc:
                 failures += 1
                 if failures == 1:
-                    log.warning("LISTEN for new jobs failed (%s); polling only until it"
-                                " reconnects", exc)
+                    log.warning("watching for new jobs failed (%s); polling only until it"
+                                " recovers", exc)
                 self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
             finally:
-                if conn is not None:
+                if watcher is not None:
                     with contextlib.suppress(Exception):
-                        conn.close()
+                        watcher.close()
 
 
 class Scheduler:
@@ -202,11 +202,14 @@ class Scheduler:
                     id=SWEEP_JOB, next_run_time=now)
         aps.add_job(self.prune_tick, "interval", seconds=PRUNE_INTERVAL, id=PRUNE_JOB,
                     next_run_time=now + dt.timedelta(seconds=min(60.0, PRUNE_INTERVAL)))
+        aps.add_job(self.periodic_tick, "interval", seconds=periodic.TICK_INTERVAL,
+                    id=PERIODIC_JOB, next_run_time=now)
+        aps.add_job(self.callback_tick, "interval", seconds=max(settings.poll_interval, 1.0),
+                    id=CALLBACK_JOB, next_run_time=now)
         aps.start()
         self._aps = aps
-        if self.state.store.dialect == "postgresql":
-            self._listener = Listener(self.state)
-            self._listener.start()
+        self._listener = Listener(self.state)
+        self._listener.start()
         self.started_at = now
         self.state.runner.on_idle_wake = self.kick
         log.info("durable jobs scheduler started (pid %s, worker %s)",
@@ -268,8 +271,14 @@ class Scheduler:
         self.last_sweep = dt.datetime.now(UTC)
         self._guard("sweep", self.state.runner.sweep)
 
+    def callback_tick(self) -> None:
+        self._guard("callbacks", lambda: callbacks.deliver_due(self.state))
+
     def prune_tick(self) -> None:
         self._guard("prune", self.state.prune)
+
+    def periodic_tick(self) -> None:
+        self._guard("periodic", lambda: periodic.tick(self.state))
 
 
 _states: weakref.WeakSet[State] = weakref.WeakSet()

@@ -24,6 +24,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -42,10 +44,13 @@ from .models import (
     RUNNING,
     STATUSES,
     SUCCEEDED,
+    TERMINAL,
     UTC,
     WAITING,
     Job,
 )
+
+log = logging.getLogger("flask_durable_jobs")
 
 #: Seconds SQLite waits for the write lock before giving up.
 SQLITE_BUSY_TIMEOUT = 60.0
@@ -54,7 +59,13 @@ PRUNE_BATCH = 1000
 #: Orphans recovered per statement by the sweep.
 SWEEP_BATCH = 1000
 
-_CLAIM_COLUMNS = ("id", "job_type", "payload", "attempts", "max_attempts", "priority", "run_at")
+#: Jobs per bulk-insert statement.
+INSERT_CHUNK = 1000
+#: Columns every job of one ``enqueue_many`` call shares.
+BULK_SHARED_COLUMNS = (
+    "job_type", "queue", "status", "priority", "max_attempts", "attempts", "orphan_policy",
+    "callback_attempts", "run_at", "created_at", "updated_at", "batch_id",
+)
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
@@ -68,6 +79,14 @@ class ClaimedRow:
     priority: int
     run_at: dt.datetime
     token: str
+    secrets: str | None = None  # encrypted; decrypted on the handler thread only
+    batch_id: str | None = None
+
+
+@dataclasses.dataclass
+class Watcher:
+    wait: t.Callable[[float], bool]
+    close: t.Callable[[], None]
 
 
 @dataclasses.dataclass
@@ -85,6 +104,7 @@ class Finish:
     attempt: int = 0
     duration: float | None = None
     value: t.Any = None
+    batch_id: str | None = None
 
 
 def _aware(value: t.Any) -> t.Any:
@@ -96,6 +116,10 @@ def _aware(value: t.Any) -> t.Any:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _is_broken(driver_conn: t.Any) -> bool:
+    return bool(getattr(driver_conn, "broken", False) or getattr(driver_conn, "closed", False))
 
 
 def build_engine(app_engine: sa.Engine, pool_size: int) -> sa.Engine:
@@ -110,11 +134,15 @@ def build_engine(app_engine: sa.Engine, pool_size: int) -> sa.Engine:
     url = app_engine.url
     backend = url.get_backend_name()
     if backend == "postgresql":
+        # Every statement the library sends is complete on its own (claim,
+        # finish, heartbeat, transitions), so it runs in autocommit: one round
+        # trip, no BEGIN/COMMIT. Broken connections are dropped on error
+        # (see Store._raw) instead of pinging before every use.
         return sa.create_engine(
             url.set(drivername="postgresql+psycopg"),
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            isolation_level="AUTOCOMMIT",
         )
     if backend == "sqlite":
         database = url.database or ""
@@ -134,10 +162,19 @@ def build_engine(app_engine: sa.Engine, pool_size: int) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: t.Any, _record: t.Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                except Exception:  # another connection is mid-transaction; next time
+                    log.debug("could not switch %s to WAL yet", url.database, exc_info=True)
+            # A lost finish after a power cut means a rerun, never a lost job.
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
+        # WAL is a property of the file: switching now also spares the app's
+        # own connections the rollback journal's extra syncs on every enqueue.
+        engine.connect().close()
         return engine
     raise ConfigError(
         f"unsupported database {backend!r}: flask-durable-jobs runs on PostgreSQL and SQLite"
@@ -149,10 +186,42 @@ class Store(abc.ABC):
 
     dialect: str = ""
 
-    def __init__(self, engine: sa.Engine, table: sa.Table) -> None:
+    def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
         self.engine = engine
         self.table = table
+        self.batches = batches
         self._columns = [table.c[name] for name in JOB_COLUMNS]
+        # Built once: enqueue is on the request path.
+        self._insert = sa.insert(table).returning(table.c.id)
+        insert = pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
+        self._insert_once = (
+            insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(table.c.id)
+        )
+        self._insert_many = self._bulk_insert_statement()
+
+    def _bulk_insert_statement(self) -> sa.TextClause:
+        c = self.table.c
+        shared = list(BULK_SHARED_COLUMNS)
+        columns = ", ".join([*shared, "payload"])
+        if self.dialect == "postgresql":
+            casts = {"priority": "INTEGER", "max_attempts": "INTEGER", "attempts": "INTEGER",
+                     "callback_attempts": "INTEGER"}
+            selected = ", ".join(
+                f"CAST(:{n} AS {casts[n]})" if n in casts else f":{n}" for n in shared
+            )
+            source = ("CAST(p.payload AS JSONB) FROM unnest(CAST(:payloads AS TEXT[]))"
+                      " WITH ORDINALITY AS p(payload, ord) ORDER BY p.ord")
+        else:
+            selected = ", ".join(f":{n}" for n in shared)
+            source = "value FROM json_each(:payloads) ORDER BY key"
+        text = sa.text(
+            f"INSERT INTO {self.table.name} ({columns}) SELECT {selected}, {source}"
+            " RETURNING id"
+        )
+        return text.bindparams(
+            *(sa.bindparam(n, type_=c[n].type) for n in ("run_at", "created_at", "updated_at"))
+        )
 
     # -- shared helpers -------------------------------------------------
 
@@ -173,21 +242,24 @@ class Store(abc.ABC):
             try:
                 yield cur
             except BaseException:
-                self._rollback(conn, cur)
+                if _is_broken(conn.driver_connection):
+                    conn.invalidate()  # never hand a dead connection out again
+                else:
+                    self._rollback(conn, cur)
                 raise
             self._commit(conn, cur)
             cur.close()
         finally:
             conn.close()
 
-    def _begin(self, cur: t.Any) -> None:  # noqa: B027 - PostgreSQL begins implicitly
-        """Start the write transaction (a no-op where the driver does it)."""
+    def _begin(self, cur: t.Any) -> None:  # noqa: B027 - no-op where statements autocommit
+        """Start the write transaction."""
 
-    def _commit(self, conn: t.Any, cur: t.Any) -> None:
-        conn.commit()
+    def _commit(self, conn: t.Any, cur: t.Any) -> None:  # noqa: B027
+        """Commit it."""
 
-    def _rollback(self, conn: t.Any, cur: t.Any) -> None:
-        conn.rollback()
+    def _rollback(self, conn: t.Any, cur: t.Any) -> None:  # noqa: B027
+        """Roll it back."""
 
     # -- enqueue (caller's session, any driver) --------------------------
 
@@ -202,33 +274,43 @@ class Store(abc.ABC):
         """
         key = values.get("idempotency_key")
         if key is None:
-            row = session.execute(
-                sa.insert(self.table).values(values).returning(*self._columns)
-            ).one()
-            return self.to_job(row), True
-        insert = pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
-        stmt = (
-            insert(self.table)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(*self._columns)
-        )
-        inserted = session.execute(stmt).first()
-        if inserted is not None:
-            return self.to_job(inserted), True
+            job_id = session.execute(self._insert, values).scalar_one()
+            return self._job_from(job_id, values), True
+        job_id = session.execute(self._insert_once, values).scalar()
+        if job_id is not None:
+            return self._job_from(job_id, values), True
         existing = session.execute(
             sa.select(*self._columns).where(self.table.c.idempotency_key == key)
         ).one()
         return self.to_job(existing), False
 
+    def _job_from(self, job_id: int, values: dict[str, t.Any]) -> Job:
+        """The Job just inserted, from what was sent: no columns to read back."""
+        fields: dict[str, t.Any] = dict.fromkeys(JOB_COLUMNS)
+        fields.update((k, v) for k, v in values.items() if k in fields)
+        fields["id"] = job_id
+        fields["callback_attempts"] = values.get("callback_attempts", 0)
+        return Job(**fields)
+
     def insert_many(
-        self, session: Session | scoped_session[t.Any], rows: list[dict[str, t.Any]]
+        self,
+        session: Session | scoped_session[t.Any],
+        shared: dict[str, t.Any],
+        payloads: list[str],
     ) -> list[int]:
-        """Insert many jobs, one multi-row statement per chunk; ids in input order."""
-        if not rows:
-            return []
-        stmt = sa.insert(self.table).returning(self.table.c.id, sort_by_parameter_order=True)
-        return [row[0] for row in session.execute(stmt, rows)]
+        """Insert jobs that differ only in payload (JSON texts): one set-based
+        statement per chunk; returns ids in payload order."""
+        ids: list[int] = []
+        for start in range(0, len(payloads), INSERT_CHUNK):
+            chunk = payloads[start:start + INSERT_CHUNK]
+            params: dict[str, t.Any] = {"batch_id": None, **shared}
+            if self.dialect == "postgresql":
+                params["payloads"] = chunk
+            else:
+                params["payloads"] = "[" + ",".join(chunk) + "]"
+            # ids come from one sequence in insertion order, which is payload order
+            ids.extend(sorted(session.execute(self._insert_many, params).scalars()))
+        return ids
 
     # -- admin reads and transitions ------------------------------------
 
@@ -298,6 +380,22 @@ class Store(abc.ABC):
             "unhandled": unhandled,
         }
 
+    def due_backlog(self, now: dt.datetime) -> tuple[int, float | None]:
+        """(number of due jobs, oldest one's age in seconds or None), in one query.
+
+        For health checks and metrics scrapes: it reads only waiting jobs (the
+        partial due index), unlike :meth:`stats`, which counts every row.
+        """
+        c = self.table.c
+        with self.engine.connect() as conn:
+            count, first = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(c.run_at))
+                .where(c.status.in_(WAITING), c.run_at <= now)
+            ).one()
+        first = _aware(first)
+        age = None if first is None else max(0.0, (now - first).total_seconds())
+        return int(count), age
+
     def _transition(
         self,
         job_id: int,
@@ -321,16 +419,22 @@ class Store(abc.ABC):
         raise InvalidTransition(job_id, current.status, action, allowed)
 
     def cancel(self, job_id: int, now: dt.datetime) -> Job:
+        c = self.table.c
+        has_callback = c.callback_url.is_not(None)
         return self._transition(
             job_id, "cancel", WAITING,
-            {"status": CANCELLED, "finished_at": now, "updated_at": now},
+            {"status": CANCELLED, "finished_at": now, "updated_at": now, "secrets": None,
+             "callback_status": sa.case((has_callback, "pending"), else_=c.callback_status),
+             "callback_next_at": sa.case((has_callback, now), else_=c.callback_next_at)},
         )
 
     def retry(self, job_id: int, now: dt.datetime) -> Job:
         return self._transition(
             job_id, "retry", (DEAD, CANCELLED),
             {"status": PENDING, "attempts": 0, "run_at": now, "finished_at": None,
-             "started_at": None, "result": None, "updated_at": now},
+             "started_at": None, "result": None, "updated_at": now,
+             "callback_status": None, "callback_attempts": 0, "callback_error": None,
+             "callback_next_at": None},
         )
 
     def delete(self, job_id: int) -> None:
@@ -356,7 +460,10 @@ class Store(abc.ABC):
             sa.and_(c.status == DEAD, c.finished_at < dead_before),
         )
         batch = (
-            sa.select(c.id).where(c.finished_at.is_not(None), old).limit(PRUNE_BATCH)
+            sa.select(c.id)
+            .where(c.finished_at.is_not(None), old,
+                   sa.or_(c.callback_status.is_(None), c.callback_status != "pending"))
+            .limit(PRUNE_BATCH)
             .scalar_subquery()
         )
         total = 0
@@ -367,15 +474,113 @@ class Store(abc.ABC):
             if deleted < PRUNE_BATCH:
                 return total
 
+    # -- batches ------------------------------------------------------------
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.status, sa.func.count()).where(c.batch_id == batch_id)
+                .group_by(c.status)
+            ).all()
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update({status: count for status, count in rows})
+        return counts
+
+    def batch_row(self, batch_id: str) -> t.Any:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(self.batches).where(self.batches.c.id == batch_id)
+            ).first()
+
+    def complete_batches(
+        self, batch_ids: t.Iterable[str], now: dt.datetime,
+        completion: t.Callable[[str, t.Any], dict[str, t.Any] | None],
+    ) -> list[str]:
+        """Enqueue the completion job of each batch whose jobs have all ended.
+
+        Run after the terminal writes committed, by every writer: the last
+        one to commit sees the whole batch ended. The job's unique
+        idempotency key makes the completion job exactly-once.
+        """
+        c = self.table.c
+        done = []
+        for batch_id in set(batch_ids):
+            with self.engine.begin() as conn:
+                open_jobs = conn.execute(
+                    sa.select(sa.func.count()).select_from(self.table)
+                    .where(c.batch_id == batch_id, c.status.not_in(TERMINAL))
+                ).scalar_one()
+                if open_jobs:
+                    continue
+                batch = conn.execute(
+                    sa.select(self.batches).where(self.batches.c.id == batch_id,
+                                                  self.batches.c.completed_at.is_(None))
+                ).first()
+                if batch is None:
+                    continue
+                values = completion(batch_id, batch)
+                if values is not None:
+                    conn.execute(self._insert_once, values)
+                conn.execute(
+                    sa.update(self.batches)
+                    .where(self.batches.c.id == batch_id, self.batches.c.completed_at.is_(None))
+                    .values(completed_at=now)
+                )
+            done.append(batch_id)
+        return done
+
+    # -- completion callbacks ---------------------------------------------
+
+    def claim_callbacks(
+        self, now: dt.datetime, lease_until: dt.datetime, limit: int
+    ) -> list[Job]:
+        """Take due callback deliveries: their next time moves to ``lease_until``,
+        which also fences the write of the delivery's outcome."""
+        c = self.table.c
+        due = (
+            sa.select(c.id)
+            .where(c.callback_status == "pending", c.callback_next_at <= now)
+            .order_by(c.callback_next_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.update(self.table).where(c.id.in_(due))
+                .values(callback_next_at=lease_until).returning(*self._columns)
+            ).all()
+        return [self.to_job(row) for row in rows]
+
+    def record_callback(
+        self,
+        job_id: int,
+        claimed_until: dt.datetime,
+        *,
+        status: str,
+        attempts: int,
+        error: str | None,
+        next_at: dt.datetime | None,
+    ) -> bool:
+        """Write a delivery's outcome if this deliverer still holds it."""
+        c = self.table.c
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                sa.update(self.table)
+                .where(c.id == job_id, c.callback_status == "pending",
+                       c.callback_next_at == claimed_until)
+                .values(callback_status=status, callback_attempts=attempts,
+                        callback_error=error, callback_next_at=next_at)
+            ).rowcount
+        return bool(count)
+
     # -- wake-ups ---------------------------------------------------------
 
-    def listen(self) -> t.Any:
-        """A driver connection subscribed to new-job notifications, or None.
-
-        Only PostgreSQL has them; elsewhere other processes find new jobs by
-        polling.
-        """
-        return None
+    @abc.abstractmethod
+    def watch(self) -> Watcher:
+        """A watcher whose ``wait`` returns early when another process may
+        have added jobs. A shortcut only: polling stays the correctness path."""
 
     # -- hot path: implemented per dialect -------------------------------
 
@@ -390,6 +595,7 @@ class Store(abc.ABC):
         lease_until: dt.datetime,
         token: str,
         worker_id: str,
+        with_secrets: bool = True,
     ) -> list[ClaimedRow]:
         """Mark up to ``limit`` due jobs running under ``token``; returns them."""
 
@@ -406,8 +612,8 @@ class Store(abc.ABC):
         """Give claimed jobs back, due at once, the attempt not counted."""
 
     @abc.abstractmethod
-    def sweep(self, now: dt.datetime) -> list[tuple[int, str, str]]:
-        """Recover running jobs whose lease expired; returns (id, type, new status)."""
+    def sweep(self, now: dt.datetime) -> list[tuple[t.Any, ...]]:
+        """Recover running jobs whose lease expired; returns (id, type, status, batch)."""
 
 
 # The statements below share their shape across dialects; the differences are
@@ -424,7 +630,13 @@ _SWEEP_SET = """
         || ' stopped renewing it (the process died, was killed or froze)',
     lease_token = NULL,
     lease_expires_at = NULL,
-    worker_id = NULL
+    worker_id = NULL,
+    secrets = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN NULL ELSE secrets END,
+    callback_status = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        AND callback_url IS NOT NULL THEN 'pending' ELSE callback_status END,
+    callback_next_at = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        AND callback_url IS NOT NULL THEN {now} ELSE callback_next_at END
 """
 
 _RELEASE_SET = """
@@ -442,7 +654,7 @@ _RELEASE_SET = """
 class PostgresStore(Store):
     dialect = "postgresql"
 
-    def listen(self) -> t.Any:
+    def watch(self) -> Watcher:
         import psycopg
 
         conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
@@ -450,7 +662,11 @@ class PostgresStore(Store):
         )
         conn = psycopg.connect(conninfo, autocommit=True)
         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        return conn
+
+        def wait(timeout: float) -> bool:
+            return any(True for _ in conn.notifies(timeout=timeout, stop_after=1))
+
+        return Watcher(wait, conn.close)
 
     def claim(
         self,
@@ -462,24 +678,27 @@ class PostgresStore(Store):
         lease_until: dt.datetime,
         token: str,
         worker_id: str,
+        with_secrets: bool = True,
     ) -> list[ClaimedRow]:
         queue_filter = "AND queue = ANY(%(queues)s)" if queues is not None else ""
+        secrets_filter = "" if with_secrets else "AND secrets IS NULL"
+        # ARRAY(...) makes the ids a one-off list the update looks up by
+        # primary key; a join with the subquery can plan a scan of the table.
         sql = f"""
-            WITH due AS (
-                SELECT id FROM {self.table.name}
-                WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
-                  AND job_type = ANY(%(types)s) {queue_filter}
-                ORDER BY priority, run_at, id
-                LIMIT %(limit)s
-                FOR UPDATE SKIP LOCKED
-            )
             UPDATE {self.table.name} AS j
             SET status = 'running', attempts = j.attempts + 1, lease_token = %(token)s,
                 lease_expires_at = %(lease)s, worker_id = %(worker)s,
                 started_at = %(now)s, updated_at = %(now)s
-            FROM due WHERE j.id = due.id
+            WHERE j.id = ANY(ARRAY(
+                SELECT id FROM {self.table.name}
+                WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+                  AND job_type = ANY(%(types)s) {queue_filter} {secrets_filter}
+                ORDER BY priority, run_at, id
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            ))
             RETURNING j.id, j.job_type, j.payload, j.attempts, j.max_attempts,
-                      j.priority, j.run_at
+                      j.priority, j.run_at, j.secrets, j.batch_id
         """
         params = {
             "now": now, "types": list(job_types), "queues": list(queues or ()),
@@ -488,7 +707,10 @@ class PostgresStore(Store):
         with self._raw() as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
-        claimed = [ClaimedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], token) for r in rows]
+        claimed = [
+            ClaimedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], token, r[7], r[8])
+            for r in rows
+        ]
         claimed.sort(key=lambda r: (r.priority, r.run_at, r.id))
         return claimed
 
@@ -501,7 +723,12 @@ class PostgresStore(Store):
                 run_at = COALESCE(v.run_at, j.run_at),
                 finished_at = CASE WHEN v.status = 'retrying' THEN NULL ELSE %(now)s END,
                 updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL,
-                worker_id = NULL
+                worker_id = NULL,
+                secrets = CASE WHEN v.status = 'retrying' THEN j.secrets END,
+                callback_status = CASE WHEN v.status <> 'retrying' AND j.callback_url IS NOT NULL
+                    THEN 'pending' ELSE j.callback_status END,
+                callback_next_at = CASE WHEN v.status <> 'retrying'
+                    AND j.callback_url IS NOT NULL THEN %(now)s ELSE j.callback_next_at END
             FROM unnest(%(ids)s::bigint[], %(tokens)s::text[], %(statuses)s::text[],
                         %(results)s::text[], %(errors)s::text[], %(run_ats)s::timestamptz[])
                  AS v(id, token, status, result, error, run_at)
@@ -550,16 +777,16 @@ class PostgresStore(Store):
             )
             return len(cur.fetchall())
 
-    def sweep(self, now: dt.datetime) -> list[tuple[int, str, str]]:
+    def sweep(self, now: dt.datetime) -> list[tuple[t.Any, ...]]:
         sql = f"""
             UPDATE {self.table.name} SET {_SWEEP_SET.format(now="%(now)s")}
-            WHERE id IN (
+            WHERE id = ANY(ARRAY(
                 SELECT id FROM {self.table.name}
                 WHERE status = 'running' AND lease_expires_at < %(now)s
                 ORDER BY id LIMIT {SWEEP_BATCH}
                 FOR UPDATE SKIP LOCKED
-            )
-            RETURNING id, job_type, status
+            ))
+            RETURNING id, job_type, status, batch_id
         """
         with self._raw() as cur:
             cur.execute(sql, {"now": now})
@@ -568,6 +795,38 @@ class PostgresStore(Store):
 
 class SQLiteStore(Store):
     dialect = "sqlite"
+
+    #: Seconds between two looks at the file's change counter.
+    WATCH_INTERVAL = 0.02
+
+    def watch(self) -> Watcher:
+        import sqlite3
+
+        database = self.engine.url.database or ""
+        if database in ("", ":memory:"):  # one process only: nothing to watch
+            def sleep(timeout: float) -> bool:
+                time.sleep(timeout)
+                return False
+
+            return Watcher(sleep, lambda: None)
+        conn = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+        # data_version changes when another connection commits: a read of a
+        # counter, no lock taken, cheap enough to ask every few milliseconds.
+        last = [conn.execute("PRAGMA data_version").fetchone()[0]]
+
+        def wait(timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while True:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != last[0]:
+                    last[0] = version
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(self.WATCH_INTERVAL)
+
+        return Watcher(wait, conn.close)
 
     def _begin(self, cur: t.Any) -> None:
         # Take the write lock now, waiting for it through the busy timeout; a
@@ -597,15 +856,16 @@ class SQLiteStore(Store):
         lease_until: dt.datetime,
         token: str,
         worker_id: str,
+        with_secrets: bool = True,
     ) -> list[ClaimedRow]:
         type_marks = ", ".join("?" * len(job_types))
-        queue_filter = ""
+        queue_filter = "" if with_secrets else "AND secrets IS NULL"
         params: list[t.Any] = [
             token, self._ts(lease_until), worker_id, self._ts(now), self._ts(now),
             self._ts(now), *job_types,
         ]
         if queues is not None:
-            queue_filter = f"AND queue IN ({', '.join('?' * len(queues))})"
+            queue_filter += f" AND queue IN ({', '.join('?' * len(queues))})"
             params.extend(queues)
         params.append(limit)
         sql = f"""
@@ -619,13 +879,15 @@ class SQLiteStore(Store):
                 ORDER BY priority, run_at, id
                 LIMIT ?
             )
-            RETURNING id, job_type, payload, attempts, max_attempts, priority, run_at
+            RETURNING id, job_type, payload, attempts, max_attempts, priority, run_at, secrets,
+                      batch_id
         """
         with self._raw() as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
         claimed = [
-            ClaimedRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], _aware(r[6]), token)
+            ClaimedRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], _aware(r[6]), token, r[7],
+                       r[8])
             for r in rows
         ]
         claimed.sort(key=lambda r: (r.priority, r.run_at, r.id))
@@ -639,18 +901,23 @@ class SQLiteStore(Store):
             UPDATE {self.table.name}
             SET status = ?, result = ?, last_error = ?, run_at = COALESCE(?, run_at),
                 finished_at = ?, updated_at = ?, lease_token = NULL,
-                lease_expires_at = NULL, worker_id = NULL
+                lease_expires_at = NULL, worker_id = NULL,
+                secrets = CASE WHEN ? THEN NULL ELSE secrets END,
+                callback_status = CASE WHEN ? AND callback_url IS NOT NULL
+                    THEN 'pending' ELSE callback_status END,
+                callback_next_at = CASE WHEN ? AND callback_url IS NOT NULL
+                    THEN ? ELSE callback_next_at END
             WHERE id = ? AND lease_token = ? AND status = 'running'
             RETURNING id
         """
         written: set[int] = set()
         with self._raw() as cur:
             for o in outcomes:
-                finished = None if o.status == RETRYING else stamp
+                ended = o.status != RETRYING
                 cur.execute(
                     sql,
-                    (o.status, o.result, o.error, self._ts(o.run_at), finished, stamp,
-                     o.id, o.token),
+                    (o.status, o.result, o.error, self._ts(o.run_at), stamp if ended else None,
+                     stamp, ended, ended, ended, stamp, o.id, o.token),
                 )
                 written.update(row[0] for row in cur.fetchall())
         return written
@@ -680,7 +947,7 @@ class SQLiteStore(Store):
         stamp = self._ts(now)
         return len(self._each_pair(held, _RELEASE_SET.format(now="?"), (stamp, stamp)))
 
-    def sweep(self, now: dt.datetime) -> list[tuple[int, str, str]]:
+    def sweep(self, now: dt.datetime) -> list[tuple[t.Any, ...]]:
         stamp = self._ts(now)
         sql = f"""
             UPDATE {self.table.name} SET {_SWEEP_SET.format(now="?")}
@@ -689,19 +956,19 @@ class SQLiteStore(Store):
                 WHERE status = 'running' AND lease_expires_at < ?
                 ORDER BY id LIMIT {SWEEP_BATCH}
             )
-            RETURNING id, job_type, status
+            RETURNING id, job_type, status, batch_id
         """
         with self._raw() as cur:
-            cur.execute(sql, (stamp, stamp, stamp, stamp))
+            cur.execute(sql, (stamp, stamp, stamp, stamp, stamp))
             return [tuple(row) for row in cur.fetchall()]
 
 
-def make_store(engine: sa.Engine, table: sa.Table) -> Store:
+def make_store(engine: sa.Engine, table: sa.Table, batches: sa.Table) -> Store:
     name = engine.dialect.name
     if name == "postgresql":
-        return PostgresStore(engine, table)
+        return PostgresStore(engine, table, batches)
     if name == "sqlite":
-        return SQLiteStore(engine, table)
+        return SQLiteStore(engine, table, batches)
     raise ConfigError(
         f"unsupported database {name!r}: flask-durable-jobs runs on PostgreSQL and SQLite"
     )

@@ -29,7 +29,7 @@ import uuid
 from datetime import timedelta
 
 from . import payload as payload_json
-from . import signals
+from . import signals, vault
 from .errors import Discard
 from .handlers import HandlerSpec
 from .models import DEAD, RETRYING, SUCCEEDED
@@ -142,7 +142,9 @@ class Runner:
         handlers: t.Mapping[str, HandlerSpec],
         default_backoff: Backoff,
         clock: t.Callable[[], dt.datetime],
+        vault: vault.Vault | None = None,
     ) -> None:
+        self.vault = vault
         self.app = app
         self.db = db
         self.store = store
@@ -159,6 +161,8 @@ class Runner:
         self._closed = False
         #: Called by :meth:`wake` when no loop is running (the scheduler's kick).
         self.on_idle_wake: t.Callable[[], None] | None = None
+        #: Called with the ids of batches that had a job end.
+        self.on_batch_ended: t.Callable[[set[str]], object] | None = None
 
     # -- running handlers (on pool threads) -------------------------------
 
@@ -184,19 +188,32 @@ class Runner:
 
     def _call(self, item: WorkItem) -> Finish:
         row = item.row
+        secrets = None
+        try:
+            if row.secrets is not None:
+                if self.vault is None:
+                    raise vault.SecretsUnavailable(
+                        "the job has secrets but DURABLE_JOBS_SECRET_KEY is not set"
+                    )
+                secrets = self.vault.decrypt(row.secrets)
+        except vault.SecretsUnavailable as exc:
+            return self._outcome(item, DEAD, error=f"SecretsUnavailable: {exc}")
         try:
             with self.app.app_context():
                 signals.send(signals.job_started, self.app, job_id=row.id,
                              job_type=row.job_type, attempt=row.attempts, payload=row.payload)
+                vault._set_current(secrets)
                 try:
                     value = item.spec.func(row.payload)
                 finally:
+                    vault._set_current(None)
                     self.db.session.remove()
         except Discard as exc:
-            return self._outcome(item, DEAD, error=f"Discard: {exc}")
+            return self._outcome(item, DEAD, error=vault.scrub(f"Discard: {exc}", secrets))
         except BaseException as exc:
-            log.info("job %s (%s) attempt %s failed: %r", row.id, row.job_type, row.attempts, exc)
-            return self._failure(item, _format_error(exc))
+            log.info("job %s (%s) attempt %s failed: %s", row.id, row.job_type, row.attempts,
+                     type(exc).__name__)
+            return self._failure(item, vault.scrub(_format_error(exc), secrets))
         try:
             text = payload_json.dumps_result(value)
         except (TypeError, ValueError) as exc:
@@ -209,7 +226,7 @@ class Runner:
         row = item.row
         duration = None if item.started is None else time.monotonic() - item.started
         return Finish(row.id, row.token, status, job_type=row.job_type, attempt=row.attempts,
-                      duration=duration, **fields)
+                      duration=duration, batch_id=row.batch_id, **fields)
 
     def _failure(self, item: WorkItem, error: str) -> Finish:
         row = item.row
@@ -242,6 +259,8 @@ class Runner:
             lease_until=now + timedelta(seconds=self.settings.lease_seconds),
             token=uuid.uuid4().hex,
             worker_id=self.worker_id,
+            # without a key, jobs carrying secrets wait for a process that has one
+            with_secrets=self.vault is not None,
         )
         items = []
         for row in rows:
@@ -398,6 +417,16 @@ class Runner:
             with self.app.app_context():
                 for outcome in kept:
                     _send_outcome(self.app, outcome)
+        self._batches_ended(o.batch_id for o in kept if o.batch_id and o.status != RETRYING)
+
+    def _batches_ended(self, batch_ids: t.Iterable[str | None]) -> None:
+        ended = {batch_id for batch_id in batch_ids if batch_id}
+        if not ended or self.on_batch_ended is None:
+            return
+        try:
+            self.on_batch_ended(ended)
+        except Exception:  # the jobs are written; the next ending job retries this
+            log.exception("completing batches %s failed", sorted(ended))
 
     def _heartbeat(self, inflight: dict[int, WorkItem]) -> None:
         held = [(item.row.id, item.row.token) for item in inflight.values()]
@@ -450,15 +479,16 @@ class Runner:
         if self.on_idle_wake is not None:
             self.on_idle_wake()
 
-    def sweep(self) -> list[tuple[int, str, str]]:
+    def sweep(self) -> list[tuple[t.Any, ...]]:
         recovered = self.store.sweep(self.clock())
-        for job_id, job_type, status in recovered:
+        for job_id, job_type, status, _batch in recovered:
             log.warning("job %s (%s): lease expired; now %s", job_id, job_type, status)
         if recovered and signals.job_rescued.receivers:
             with self.app.app_context():
-                for job_id, job_type, status in recovered:
+                for job_id, job_type, status, _batch in recovered:
                     signals.send(signals.job_rescued, self.app, job_id=job_id,
                                  job_type=job_type, status=status)
+        self._batches_ended(batch for _i, _t, status, batch in recovered if status == DEAD)
         return recovered
 
     def begin_shutdown(self, timeout: float) -> None:

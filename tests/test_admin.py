@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import Flask, abort, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_durable_jobs import STATUSES, Discard, DurableJobs, admin, config
+from flask_durable_jobs import STATUSES, Discard, DurableJobs, admin, config, masking
 from flask_durable_jobs.masking import MASK
 from flask_durable_jobs.models import TABLE_NAME
 
@@ -425,7 +425,7 @@ def test_last_error_truncated(api: t.Any, jobs: DurableJobs) -> None:
     )
     assert marker is not None
     assert len(shown) - len(marker.group()) == admin.LAST_ERROR_MAX_CHARS
-    assert shown.startswith(stored.last_error[: admin.LAST_ERROR_HEAD_CHARS])
+    assert shown.startswith(stored.last_error[: masking.LAST_ERROR_HEAD_CHARS])
     assert shown.endswith(stored.last_error[-100:])
     assert "RuntimeError: start-" in shown
     short = jobs.get(short_id)

@@ -445,7 +445,7 @@ def test_sweep_and_fencing(app: Flask, jobs: DurableJobs) -> None:
     assert store.sweep(now) == []  # lease still valid
 
     later = now + dt.timedelta(seconds=61)
-    assert store.sweep(later) == [(job.id, "t", "retrying")]
+    assert store.sweep(later) == [(job.id, "t", "retrying", None)]
     swept = jobs.get(job.id)
     assert swept is not None and swept.status == "retrying" and swept.attempts == 1
     assert "lease expired" in (swept.last_error or "") and "w1" in (swept.last_error or "")
@@ -463,7 +463,7 @@ def test_sweep_and_fencing(app: Flask, jobs: DurableJobs) -> None:
     assert store.finish([Finish(job.id, "a" * 32, "succeeded", result='"stale"')], later) == set()
     # an expired lease with no attempts left goes dead
     final = later + dt.timedelta(seconds=200)
-    assert store.sweep(final) == [(job.id, "t", "dead")]
+    assert store.sweep(final) == [(job.id, "t", "dead", None)]
     dead = jobs.get(job.id)
     assert dead is not None and dead.status == "dead" and dead.result is None
     assert dead.finished_at is not None

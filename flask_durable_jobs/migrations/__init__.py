@@ -30,7 +30,9 @@ def define_version_table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
-JOB_TABLES = frozenset({"durable_jobs", VERSION_TABLE})
+JOB_TABLES = frozenset(
+    {"durable_jobs", "durable_jobs_batches", "durable_jobs_periodic", VERSION_TABLE}
+)
 
 
 def _run_revisions(connection: sa.Connection, revision: str) -> None:

@@ -32,6 +32,7 @@ def _json() -> sa.types.TypeEngine[t.Any]:
 
 
 def upgrade() -> None:
+    _upgrade_periodic()  # first: the early return below would skip it
     # An app that ran db.create_all() first already has the table; this
     # revision then only records that the schema is current.
     if sa.inspect(op.get_bind()).has_table("durable_jobs"):
@@ -92,6 +93,14 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "durable_jobs_batches",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("on_complete", sa.String(200), nullable=True),
+        sa.Column("on_complete_payload", _json(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+    )
     if op.get_bind().dialect.name == "postgresql":
         # copied, not imported: a revision never changes with later code
         op.execute(
@@ -106,6 +115,25 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("durable_jobs_periodic")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE")
+    op.drop_table("durable_jobs_batches")
     op.drop_table("durable_jobs")
+
+
+# -- recurring schedules (flask_durable_jobs.periodic) ------------------------
+
+
+def _upgrade_periodic() -> None:
+    # An app that ran db.create_all() first already has this table too.
+    if sa.inspect(op.get_bind()).has_table("durable_jobs_periodic"):
+        return
+    op.create_table(
+        "durable_jobs_periodic",
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("cron", sa.String(200), nullable=False),
+        sa.Column("timezone", sa.String(64), nullable=False),
+        sa.Column("last_fire_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )

@@ -1,0 +1,257 @@
+"""Completion callbacks: tell another system when a job ends.
+
+``enqueue(..., callback_url="https://...")``: when the job reaches
+``succeeded``, ``dead`` or ``cancelled``, the same write that ends it marks
+its callback ``pending``. The scheduler then POSTs the job (masked as in the
+admin API) to the URL; the delivery is recorded on the job
+(``callback_status``: ``pending``, ``delivered`` or ``failed``, with
+``callback_attempts`` and ``callback_error``), retried with backoff on network
+errors, 429 and 5xx, and not retried on other answers. A delivery is claimed
+in the database before it is sent, so several processes never both send it
+within the claim, and only the claimer can mark it ``delivered``.
+
+Requests go out through urllib3 (the HTTP library under ``requests``). It never
+changes the job's own outcome.
+
+Each request is signed (:func:`sign`): ``X-Durable-Jobs-Timestamp`` (Unix
+seconds) and ``X-Durable-Jobs-Signature: sha256=<hex HMAC-SHA256 of
+"<timestamp>.<body>" keyed with DURABLE_JOBS_CALLBACK_SECRET>``. Receivers
+check both with :func:`verify`, refusing forgeries and replays.
+
+Targets: ``http``/``https`` only. With ``DURABLE_JOBS_CALLBACK_HOSTS`` set,
+only those host names; without it, only hosts whose every address is public
+(no loopback, private, link-local or reserved address), checked at each
+delivery, so callbacks can't be aimed at internal services.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+import typing as t
+import urllib.parse
+from datetime import timedelta
+
+from . import masking
+from .errors import ConfigError
+
+if t.TYPE_CHECKING:
+    from .config import Settings
+    from .extension import State
+    from .models import Job
+
+log = logging.getLogger("flask_durable_jobs")
+
+SIGNATURE_HEADER = "X-Durable-Jobs-Signature"
+TIMESTAMP_HEADER = "X-Durable-Jobs-Timestamp"
+#: Deliveries tried at most this many times before the callback is ``failed``.
+MAX_ATTEMPTS = 10
+#: How long a claimed delivery is held (longer than any request's timeouts).
+CLAIM_SECONDS = 120.0
+#: Deliveries taken per scheduler tick.
+BATCH = 20
+#: Most seconds a receiver should accept between the timestamp and now.
+DEFAULT_TOLERANCE = 300
+
+
+def check_url(url: t.Any, settings: Settings) -> str:
+    """Validate a callback URL at enqueue; raises ``ValueError`` saying why."""
+    if settings.callback_secret is None:
+        raise ConfigError(
+            "callback_url needs DURABLE_JOBS_CALLBACK_SECRET: every callback is signed"
+        )
+    if not isinstance(url, str) or len(url) > 2000:
+        raise ValueError("callback_url must be a URL string of at most 2000 characters")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"callback_url must be an http or https URL with a host, got {url!r}")
+    hosts = settings.callback_hosts
+    if hosts is not None and parts.hostname.lower() not in {h.lower() for h in hosts}:
+        raise ValueError(
+            f"callback_url host {parts.hostname!r} is not in DURABLE_JOBS_CALLBACK_HOSTS"
+        )
+    return url
+
+
+class Refused(Exception):
+    """The target may not be contacted; never retried."""
+
+
+def resolve_target(url: str, settings: Settings) -> str:
+    """The address to connect to, checked; raises :class:`Refused` or ``OSError``.
+
+    The request then goes to this very address (the name is kept for the
+    ``Host`` header and TLS), so a name that resolves differently a moment
+    later (DNS rebinding) cannot redirect it to an internal service.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise Refused(f"not an http(s) URL: {url!r}")
+    allowed = settings.callback_hosts
+    if allowed is not None and host.lower() not in {h.lower() for h in allowed}:
+        raise Refused(f"host {host!r} is not in DURABLE_JOBS_CALLBACK_HOSTS")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # retried: a failed lookup may be temporary
+        raise OSError(f"host {host!r} does not resolve: {exc}") from exc
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if allowed is None:
+        for address in addresses:
+            if not address.is_global:
+                raise Refused(
+                    f"host {host!r} resolves to the non-public address {address};"
+                    " list it in DURABLE_JOBS_CALLBACK_HOSTS to allow it"
+                )
+    return str(addresses[0])
+
+
+def target_refusal(url: str, settings: Settings) -> str | None:
+    """Why this URL may not be contacted now, or ``None`` if it may."""
+    try:
+        resolve_target(url, settings)
+    except Refused as exc:
+        return str(exc)
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def post(url: str, address: str, body: bytes, headers: dict[str, str],
+         timeout: tuple[float, float]) -> int:
+    """POST to ``address`` (already checked) on behalf of ``url``; returns the status."""
+    import urllib3
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    netloc_host = f"[{host}]" if ":" in host else host
+    default_port = 443 if parts.scheme == "https" else 80
+    headers = {**headers, "Host": netloc_host if port == default_port else f"{netloc_host}:{port}"}
+    pool_timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+    pool: t.Any
+    if parts.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            address, port, timeout=pool_timeout, retries=False, server_hostname=host,
+            assert_hostname=host, cert_reqs="CERT_REQUIRED",
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(address, port, timeout=pool_timeout, retries=False)
+    try:
+        response = pool.urlopen("POST", path, body=body, headers=headers, redirect=False,
+                                retries=False, preload_content=True)
+        return int(response.status)
+    finally:
+        pool.close()
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + digest.hexdigest()
+
+
+def verify(
+    secret: str,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> bool:
+    """For receivers: is this request signed with ``secret`` and recent?"""
+    try:
+        sent = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    current = time.time() if now is None else now
+    if abs(current - sent) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), signature or "")
+
+
+def body_for(job: Job) -> bytes:
+    data = masking.public_job(job)
+    for key in ("callback_url", "callback_status", "callback_attempts", "callback_error",
+                "lease_expires_at", "orphan_policy"):
+        data.pop(key, None)
+    return json.dumps({"event": "job.finished", "job": data}, separators=(",", ":")).encode()
+
+
+def _retry_delay(attempt: int) -> float:
+    base: float = min(3600.0, 10.0 * 2.0 ** (attempt - 1))
+    return base * random.uniform(0.9, 1.1)
+
+
+def deliver_due(state: State) -> int:
+    """Send the callbacks that are due; returns how many were delivered."""
+    now = state.now()
+    claimed_until = now + timedelta(seconds=CLAIM_SECONDS)
+    jobs = state.store.claim_callbacks(now, claimed_until, BATCH)
+    return sum(_deliver(state, job, claimed_until) for job in jobs)
+
+
+def _deliver(state: State, job: Job, claimed_until: t.Any) -> bool:
+    settings = state.settings
+    attempt = job.callback_attempts + 1
+    url = job.callback_url or ""
+
+    def record(status: str, error: str | None, next_at: t.Any = None) -> None:
+        written = state.store.record_callback(
+            job.id, claimed_until, status=status, attempts=attempt, error=error,
+            next_at=next_at,
+        )
+        if not written:
+            log.warning("job %s: callback outcome not recorded (claim lost)", job.id)
+
+    def retry(error: str) -> None:
+        if attempt >= MAX_ATTEMPTS:
+            record("failed", f"{error} (gave up after {attempt} attempts)")
+        else:
+            record("pending", error,
+                   state.now() + timedelta(seconds=_retry_delay(attempt)))
+
+    try:
+        address = resolve_target(url, settings)
+    except Refused as exc:
+        log.warning("job %s: callback refused: %s", job.id, exc)
+        record("failed", f"refused: {exc}")
+        return False
+    except OSError as exc:  # a failed lookup may be temporary
+        retry(str(exc)[:1000])
+        return False
+    secret = settings.callback_secret
+    if secret is None:
+        retry("DURABLE_JOBS_CALLBACK_SECRET is not set")
+        return False
+    body = body_for(job)
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "flask-durable-jobs",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+    }
+    try:
+        status = post(url, address, body, headers, settings.callback_timeout)
+    except Exception as exc:  # connection refused, timeout, TLS, protocol errors
+        retry(f"{type(exc).__name__}: {exc}"[:1000])
+        return False
+    if 200 <= status < 300:
+        record("delivered", None)
+        return True
+    if status >= 500 or status == 429:
+        retry(f"HTTP {status}")
+    else:
+        record("failed", f"HTTP {status} (not retried)")
+    return False

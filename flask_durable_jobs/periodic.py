@@ -1,0 +1,549 @@
+"""Recurring jobs: a cron schedule that enqueues one job per fire time.
+
+Registering
+-----------
+
+Give the schedule and the job type::
+
+    jobs.periodic("*/5 * * * *", "reports.refresh", payload={"full": False})
+
+or stack ``@jobs.periodic`` *above* ``@jobs.handler``; the job type is then the
+handler's name::
+
+    @jobs.periodic("0 3 * * *", timezone="Europe/Paris")
+    @jobs.handler("cleanup")
+    def cleanup(payload): ...
+
+Either form works before or after ``init_app``. Called with a job type,
+``jobs.periodic`` returns the :class:`Schedule`; as a decorator it returns the
+function unchanged.
+
+* ``schedule``: five crontab fields (minute hour day month weekday), read by
+  APScheduler's ``CronTrigger.from_crontab``; or six fields with the seconds
+  first (``"*/10 * * * * *"``: every ten seconds). Weekday numbers mean what
+  they mean in crontab (0 and 7 are Sunday), not what they mean in APScheduler
+  3 (0 is Monday); names (``mon-fri``) mean the same in both. An expression
+  that restricts both the day of month and the weekday (neither field starts
+  with ``*``) is refused, because cron runs when either one matches and
+  APScheduler only when both do: register two schedules instead. An
+  expression that is not valid, or never fires, raises ``ValueError`` naming
+  it.
+* ``timezone``: the zone the expression is read in, a zoneinfo name such as
+  ``"Europe/Paris"`` (or a ``ZoneInfo``); default ``"UTC"``.
+* ``key``: the schedule's name in the database, at most 200 characters. By
+  default it is built from the job type, the expression, the time zone and
+  the payload, so two schedules of one type never collide. Changing one of
+  these therefore starts a new schedule; pass an explicit key to keep a
+  schedule's history when you change it. Registering a key twice raises
+  ``ValueError``.
+* ``payload``: the JSON object every job gets (checked like ``enqueue``'s).
+* ``queue``, ``priority``: override the handler's.
+
+The job type needs a handler when the schedule is registered (``LookupError``
+otherwise): register the handler first.
+
+Exactly one job per fire time
+-----------------------------
+
+Every process runs :func:`tick` (the scheduler calls it every
+:data:`TICK_INTERVAL` seconds). No process is elected to do so; the database
+decides. Each fire time becomes a job whose idempotency key is
+``periodic:<key>:<fire time in UTC, ISO 8601>``, inserted with
+``ON CONFLICT DO NOTHING`` on the job table's unique constraint, so a second
+insert for the same fire time does nothing, from whichever process or host.
+The ``durable_jobs_periodic`` table keeps one row per schedule whose
+``last_fire_at`` is the latest fire time dealt with; it advances with a
+compare-and-set in the same transaction as the insert, so a fire time whose
+job has since been pruned is never enqueued again. The job's ``run_at`` is
+its fire time.
+
+Fire times come from APScheduler's cron trigger in the schedule's time zone.
+When clocks go forward, a wall time that does not exist that day runs once,
+at the instant it would have had in the old offset (02:30 in Paris on the
+spring change runs at 01:30 UTC). When clocks go back, a wall time that
+happens twice runs once, the first time, unless the hour field is a wildcard
+(``*``, ``*/2``): then it runs in both passes, as in cron, so an hourly job
+stays hourly.
+
+Catch-up rule
+-------------
+
+A fire time is *on time* for :data:`ON_TIME` (10 seconds) after it passes,
+and each tick enqueues every on-time fire time not yet dealt with. Fire times
+missed for longer than that (the app was down, or the scheduler stalled) are
+never run one by one: together they give one job, for the latest fire time
+that has passed. After a night of downtime, a job due every five minutes
+runs once, not a hundred times.
+
+A schedule seen for the first time (no row yet) starts then: if its latest
+fire time passed less than :data:`ON_TIME` ago, it is due now and runs;
+older fire times do not. A new deploy does not run a nightly job at noon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import threading
+import typing as t
+import weakref
+import zoneinfo
+
+import sqlalchemy as sa
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.orm import Session
+
+from . import handlers as handlers_module
+from . import payload as payload_json
+from .models import UTC
+
+if t.TYPE_CHECKING:
+    from .extension import DurableJobs, State
+
+TABLE_NAME = "durable_jobs_periodic"
+#: Seconds between two ticks of the scheduler.
+TICK_INTERVAL = 1.0
+#: How long after it passes a fire time still counts as on time (see the catch-up rule).
+ON_TIME = dt.timedelta(seconds=10)
+#: How far back the latest fire time is looked for.
+MAX_LOOKBACK = dt.timedelta(days=20 * 366)
+MAX_KEY_LENGTH = 200
+
+_MICROSECOND = dt.timedelta(microseconds=1)
+_WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_WEEKDAY_TOKEN = re.compile(r"^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(\d+))?$")
+
+
+def define_table(metadata: sa.MetaData) -> sa.Table:
+    """The schedule watermark table on ``metadata``, defined the first time."""
+    existing = metadata.tables.get(TABLE_NAME)
+    if existing is not None:
+        return existing
+    return sa.Table(
+        TABLE_NAME,
+        metadata,
+        sa.Column("key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+        sa.Column("cron", sa.String(200), nullable=False),
+        sa.Column("timezone", sa.String(64), nullable=False),
+        sa.Column("last_fire_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """One registered schedule. Fire times are returned aware, in UTC."""
+
+    key: str
+    job_type: str
+    cron: str
+    timezone: str
+    payload: dict[str, t.Any]
+    queue: str | None = None
+    priority: int | None = None
+    trigger: t.Any = dataclasses.field(default=None, repr=False, compare=False)
+    #: Run a repeated wall time (clocks going back) in both passes.
+    both_passes: bool = dataclasses.field(default=False, repr=False)
+
+    def next_fire_after(self, when: dt.datetime) -> dt.datetime | None:
+        """The first fire time strictly after ``when``."""
+        # Arithmetic in UTC: adding to a local time would lose the DST fold.
+        start = when.astimezone(UTC) + _MICROSECOND
+        while True:
+            fire = self.trigger.get_next_fire_time(None, start)
+            if fire is None:
+                return None
+            fire_utc = t.cast(dt.datetime, fire.astimezone(UTC))
+            if self.both_passes or not _second_pass(fire):
+                return fire_utc
+            start = fire_utc + _MICROSECOND
+
+    def latest_fire(self, bound: dt.datetime, floor: dt.datetime) -> dt.datetime | None:
+        """The latest fire time in ``(floor, bound]``, or ``None``."""
+        span = dt.timedelta(seconds=1)
+        while True:
+            start = max(bound - span, floor)
+            fire = self.next_fire_after(start)
+            if fire is not None and fire <= bound:
+                while True:
+                    following = self.next_fire_after(fire)
+                    if following is None or following > bound:
+                        return fire
+                    fire = following
+            if start == floor:
+                return None
+            span *= 2
+
+    def due(self, last: dt.datetime, now: dt.datetime) -> list[dt.datetime]:
+        """The fire times to enqueue now, the watermark being ``last`` (catch-up rule)."""
+        on_time_from = now - ON_TIME
+        if last >= on_time_from:
+            return self._between(last, now)
+        on_time = self._between(on_time_from, now)
+        if on_time:
+            return on_time
+        missed = self.latest_fire(on_time_from, last)
+        return [] if missed is None else [missed]
+
+    def _between(self, after: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
+        fires = []
+        fire = self.next_fire_after(after)
+        while fire is not None and fire <= until:
+            fires.append(fire)
+            fire = self.next_fire_after(fire)
+        return fires
+
+    def first_watermark(self, now: dt.datetime) -> dt.datetime:
+        """Where a schedule seen for the first time at ``now`` starts."""
+        latest = self.latest_fire(now, now - MAX_LOOKBACK)
+        if latest is None:
+            return now
+        if latest > now - ON_TIME:
+            return latest - _MICROSECOND  # due now: it runs
+        return latest
+
+    def idempotency_key(self, fire: dt.datetime) -> str:
+        return f"periodic:{self.key}:{fire.astimezone(UTC).isoformat()}"
+
+
+def _second_pass(fire: dt.datetime) -> bool:
+    """Whether ``fire`` is the second occurrence of a wall time repeated by a DST change."""
+    return bool(fire.fold) and fire.replace(fold=0).utcoffset() != fire.utcoffset()
+
+
+def _weekdays(field: str, expr: str) -> str:
+    """A crontab weekday field (0 and 7 are Sunday) spelt as APScheduler names."""
+    text = field.lower()
+    if text == "*":
+        return "*"
+    days: set[int] = set()
+    for token in text.split(","):
+        match = _WEEKDAY_TOKEN.match(token)
+        if match is None:
+            raise ValueError(f"invalid cron expression {expr!r}: bad weekday {token!r}")
+        base, step_text = match.groups()
+        if base == "*":
+            first, last = 0, 6
+        else:
+            ends = [_weekday_number(part, expr) for part in base.split("-")]
+            first, last = ends[0], ends[-1]
+            if step_text is not None and len(ends) == 1:
+                last = 6  # "1/2" means from Monday, every other day
+        step = int(step_text) if step_text is not None else 1
+        if step < 1 or first > last:
+            raise ValueError(f"invalid cron expression {expr!r}: bad weekday {token!r}")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    return ",".join(_WEEKDAY_NAMES[day] for day in sorted(days))
+
+
+def _weekday_number(part: str, expr: str) -> int:
+    if part.isdigit() and int(part) <= 7:
+        return int(part)
+    if part[:3] in _WEEKDAY_NAMES and len(part) == 3:
+        return _WEEKDAY_NAMES.index(part)
+    raise ValueError(f"invalid cron expression {expr!r}: bad weekday {part!r}")
+
+
+def _restricted(field: str) -> bool:
+    return not field.startswith("*")
+
+
+def parse(expr: t.Any, timezone: zoneinfo.ZoneInfo) -> tuple[str, t.Any, bool]:
+    """``(normalised expression, CronTrigger, run repeated hours twice)``; ValueError if bad."""
+    if not isinstance(expr, str):
+        raise TypeError(f"a schedule must be a cron expression string, got {expr!r}")
+    fields = expr.split()
+    normalised = " ".join(fields)
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            f"invalid cron expression {expr!r}: give 5 fields (minute hour day month weekday)"
+            f" or 6 with the seconds first, got {len(fields)}"
+        )
+    *rest, day, month, weekday = fields
+    if _restricted(day) and _restricted(weekday):
+        raise ValueError(
+            f"cron expression {expr!r} restricts both the day of month and the weekday;"
+            " cron runs when either matches but APScheduler only when both do:"
+            " register two schedules instead"
+        )
+    crontab_weekday = _weekdays(weekday, expr)
+    try:
+        if len(fields) == 5:
+            minute, hour = rest
+            trigger = CronTrigger.from_crontab(
+                f"{minute} {hour} {day} {month} {crontab_weekday}", timezone=timezone
+            )
+        else:
+            second, minute, hour = rest
+            trigger = CronTrigger(
+                second=second, minute=minute, hour=hour, day=day, month=month,
+                day_of_week=crontab_weekday, timezone=timezone,
+            )
+    except ValueError as exc:
+        raise ValueError(f"invalid cron expression {expr!r}: {exc}") from None
+    return normalised, trigger, hour.startswith("*")
+
+
+def _zone(timezone: t.Any) -> zoneinfo.ZoneInfo:
+    if timezone is UTC:
+        timezone = "UTC"
+    if isinstance(timezone, zoneinfo.ZoneInfo):
+        return timezone
+    if not isinstance(timezone, str):
+        raise TypeError(
+            f"timezone must be a zoneinfo name such as 'Europe/Paris', got {timezone!r}"
+        )
+    try:
+        return zoneinfo.ZoneInfo(timezone)
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown time zone {timezone!r}: give a zoneinfo name") from None
+
+
+def make_schedule(
+    ext: DurableJobs,
+    schedule: t.Any,
+    job_type: str,
+    *,
+    key: str | None = None,
+    payload: dict[str, t.Any] | None = None,
+    timezone: t.Any = "UTC",
+    queue: str | None = None,
+    priority: int | None = None,
+) -> Schedule:
+    """Validate everything about a schedule; raise before anything is registered."""
+    if job_type not in ext._handlers:
+        known = ", ".join(sorted(ext._handlers)) or "none"
+        raise LookupError(
+            f"no handler registered for job type {job_type!r}; register the handler before"
+            f" its schedule (registered: {known})"
+        )
+    zone = _zone(timezone)
+    cron, trigger, both_passes = parse(schedule, zone)
+    if payload is None:
+        payload = {}
+    payload = json.loads(payload_json.dumps_payload(payload))  # validated, and a copy
+    if queue is not None:
+        handlers_module.check_queue(queue)
+    if priority is not None:
+        handlers_module.check_priority(priority)
+    if key is None:
+        digest = hashlib.sha256(
+            json.dumps([job_type, cron, zone.key, payload], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        key = f"{job_type[:MAX_KEY_LENGTH - 17]}:{digest}"
+    elif not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise ValueError(
+            f"key must be a string of 1 to {MAX_KEY_LENGTH} characters, got {key!r}"
+        )
+    spec = Schedule(key, job_type, cron, zone.key, payload, queue, priority, trigger, both_passes)
+    if spec.next_fire_after(dt.datetime.now(UTC)) is None:
+        raise ValueError(f"cron expression {schedule!r} never fires")
+    return spec
+
+
+def register(
+    ext: DurableJobs,
+    schedule: t.Any,
+    job_type: str | None = None,
+    **options: t.Any,
+) -> t.Any:
+    """``jobs.periodic``: register now, or return a decorator for a handler function."""
+    if job_type is not None:
+        if not isinstance(job_type, str):
+            raise TypeError(f"job_type must be a string, got {job_type!r}")
+        return _add(ext, make_schedule(ext, schedule, job_type, **options))
+    if callable(schedule):
+        raise TypeError("@jobs.periodic needs a schedule: @jobs.periodic('0 3 * * *')")
+
+    def decorate(func: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+        names = [name for name, spec in ext._handlers.items() if spec.func is func]
+        if not names:
+            raise LookupError(
+                f"{getattr(func, '__qualname__', func)!r} is not a registered handler:"
+                " put @jobs.periodic above @jobs.handler"
+            )
+        if len(names) > 1:
+            raise ValueError(
+                f"{names} share one function; name the job type: jobs.periodic(schedule, name)"
+            )
+        _add(ext, make_schedule(ext, schedule, names[0], **options))
+        return func
+
+    return decorate
+
+
+def _add(ext: DurableJobs, spec: Schedule) -> Schedule:
+    if spec.key in ext._schedules:
+        raise ValueError(
+            f"a schedule with key {spec.key!r} is already registered"
+            " (give a different key= to run the same job on two schedules)"
+        )
+    ext._schedules[spec.key] = spec
+    return spec
+
+
+# -- the tick ---------------------------------------------------------------------------
+
+# One tick at a time per app in this process; keyed by pid too, because a lock
+# held by a thread at fork time would stay held in the child forever.
+_tick_locks: weakref.WeakKeyDictionary[State, tuple[int, threading.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+_tick_locks_guard = threading.Lock()
+
+
+def _tick_lock(state: State) -> threading.Lock:
+    pid = os.getpid()
+    with _tick_locks_guard:
+        entry = _tick_locks.get(state)
+        if entry is None or entry[0] != pid:
+            entry = _tick_locks[state] = (pid, threading.Lock())
+    return entry[1]
+
+
+def _aware(value: t.Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return t.cast(dt.datetime, value.replace(tzinfo=UTC))
+    return t.cast(dt.datetime, value.astimezone(UTC))
+
+
+def _watermarks(engine: sa.Engine, table: sa.Table, keys: list[str]) -> dict[str, t.Any]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table.c.key, table.c.last_fire_at).where(table.c.key.in_(keys))
+        ).all()
+    return {key: _aware(last) for key, last in rows}
+
+
+@contextlib.contextmanager
+def _write(engine: sa.Engine) -> t.Iterator[sa.Connection]:
+    """One short write transaction; on SQLite it takes the write lock up front."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            driver = conn.connection.driver_connection
+            if driver is not None and not driver.in_transaction:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def _insert_ignore(engine: sa.Engine, table: sa.Table) -> t.Any:
+    insert = pg_dialect.insert if engine.dialect.name == "postgresql" else sqlite_dialect.insert
+    return insert(table)
+
+
+def tick(state: State) -> int:
+    """Enqueue the jobs every registered schedule owes at ``state.now()``; returns how many.
+
+    Safe to run in any number of processes at once: see the module docstring.
+    """
+    schedules = list(state.ext._schedules.values())
+    if not schedules:
+        return 0
+    lock = _tick_lock(state)
+    if not lock.acquire(blocking=False):
+        return 0  # this process is still in the previous tick
+    try:
+        return _tick(state, schedules)
+    finally:
+        lock.release()
+
+
+def _tick(state: State, schedules: list[Schedule]) -> int:
+    now = state.now().astimezone(UTC)
+    engine = state.store.engine
+    table = define_table(state.db.metadata)
+    marks = _watermarks(engine, table, [spec.key for spec in schedules])
+    enqueued = 0
+    for spec in schedules:
+        last = marks.get(spec.key)
+        if last is None:
+            last = spec.first_watermark(now)
+            with _write(engine) as conn:
+                conn.execute(
+                    _insert_ignore(engine, table)
+                    .values(key=spec.key, cron=spec.cron, timezone=spec.timezone,
+                            last_fire_at=last, updated_at=now)
+                    .on_conflict_do_nothing(index_elements=["key"])
+                )
+        for fire in spec.due(last, now):
+            enqueued += _fire(state, engine, table, spec, fire, now)
+    return enqueued
+
+
+def _fire(
+    state: State,
+    engine: sa.Engine,
+    table: sa.Table,
+    spec: Schedule,
+    fire: dt.datetime,
+    now: dt.datetime,
+) -> int:
+    """Enqueue the job for one fire time unless another process did; one transaction."""
+    c = table.c
+    with _write(engine) as conn:
+        advanced = conn.execute(
+            sa.update(table)
+            .where(c.key == spec.key, sa.or_(c.last_fire_at.is_(None), c.last_fire_at < fire))
+            .values(last_fire_at=fire, updated_at=now, cron=spec.cron, timezone=spec.timezone)
+        ).rowcount
+        if not advanced:
+            return 0  # dealt with already, here or elsewhere
+        values = state.ext._job_values(
+            state, spec.job_type, delay=None, run_at=fire, queue=spec.queue,
+            priority=spec.priority, max_attempts=None,
+        )
+        values["created_at"] = values["updated_at"] = now
+        values["payload"] = spec.payload
+        values["idempotency_key"] = spec.idempotency_key(fire)
+        with Session(bind=conn) as session:
+            _job, created = state.store.insert(session, values)
+    return int(created)
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def describe(state: State) -> list[dict[str, t.Any]]:
+    """Every registered schedule with its last and next fire times (ISO 8601, UTC)."""
+    schedules = sorted(state.ext._schedules.values(), key=lambda spec: spec.key)
+    if not schedules:
+        return []
+    now = state.now().astimezone(UTC)
+    marks = _watermarks(
+        state.store.engine, define_table(state.db.metadata), [spec.key for spec in schedules]
+    )
+    out = []
+    for spec in schedules:
+        last = marks.get(spec.key)
+        upcoming = spec.next_fire_after(now if last is None else max(now, last))
+        out.append({
+            "key": spec.key,
+            "job_type": spec.job_type,
+            "cron": spec.cron,
+            "timezone": spec.timezone,
+            "payload": json.loads(json.dumps(spec.payload)),
+            "queue": spec.queue,
+            "priority": spec.priority,
+            "last_fire_at": None if last is None else last.isoformat(),
+            "next_fire_at": None if upcoming is None else upcoming.isoformat(),
+        })
+    return out

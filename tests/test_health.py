@@ -1,0 +1,281 @@
+"""``GET {prefix}/health`` and ``flask jobs health``, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_durable_jobs import DurableJobs, admin
+from flask_durable_jobs.scheduler import NEVER
+from flask_durable_jobs.store import Store
+
+PREFIX = "/admin/jobs"
+TOKEN = "health-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+KEYS = {
+    "healthy", "problems", "scheduler", "pid", "worker_id", "started_at", "last_tick",
+    "last_sweep", "stall_after_seconds", "due_count", "oldest_due_age_seconds", "checked_at",
+}
+
+
+@pytest.fixture
+def api(app: Flask, client: t.Any, jobs: DurableJobs) -> t.Any:
+    jobs.handler("t.ok")(lambda payload: payload)
+    jobs.admin_authorizer(lambda: True)
+    return client
+
+
+def state(app: Flask) -> t.Any:
+    return app.extensions["durable_jobs"]
+
+
+def wait_for(condition: t.Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def settle(scheduler: t.Any) -> None:
+    """Wait until the first ticks have fired and finished.
+
+    A tick still in flight when the scheduler is stopped may open a database
+    connection after the test's teardown; waiting keeps each test to itself.
+    """
+    wait_for(lambda: scheduler.last_tick is not None and scheduler.last_sweep is not None)
+    wait_for(lambda: not any(
+        thread.name == "durable-jobs-tick" and thread.is_alive()
+        for thread in threading.enumerate()
+    ))
+
+
+def check_schema(client: t.Any, response: t.Any) -> None:
+    """The body matches the OpenAPI document's schema for its status."""
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = client.get(f"{PREFIX}/openapi.json").get_json()
+    declared = doc["paths"][f"{PREFIX}/health"]["get"]["responses"][str(response.status_code)]
+    if "$ref" in declared:
+        declared = doc["components"]["responses"][declared["$ref"].rsplit("/", 1)[1]]
+    schema = declared["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator({**doc, **schema}).validate(response.get_json())
+
+
+def parse_time(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text)
+    assert value.utcoffset() == dt.timedelta(0)
+    return value
+
+
+# -- the scheduler -----------------------------------------------------------------
+
+
+def test_running_scheduler_is_healthy(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    jobs.start()
+    try:
+        scheduler = state(app).scheduler
+        settle(scheduler)
+        response = api.get(f"{PREFIX}/health")
+        assert response.status_code == 200
+        body = response.get_json()
+        assert set(body) == KEYS
+        assert body["healthy"] is True and body["problems"] == []
+        assert body["scheduler"] == "running"
+        assert body["worker_id"] == state(app).runner.worker_id
+        started = parse_time(body["started_at"])
+        assert started <= parse_time(body["last_tick"]) <= parse_time(body["checked_at"])
+        assert started <= parse_time(body["last_sweep"])
+        assert body["stall_after_seconds"] == 5.0  # max(3 x 1 s poll, 5 s)
+        assert body["due_count"] == 0 and body["oldest_due_age_seconds"] is None
+        check_schema(api, response)
+    finally:
+        jobs.stop()
+
+
+def test_stalled_tick_is_503_and_recovers(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    jobs.start()
+    try:
+        scheduler = state(app).scheduler
+        settle(scheduler)
+        # The APScheduler thread stops firing (as if stuck) and its last tick is old.
+        scheduler._aps.pause()
+        scheduler.last_tick = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)
+        response = api.get(f"{PREFIX}/health")
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["healthy"] is False and body["scheduler"] == "stalled"
+        [problem] = body["problems"]
+        assert "tick" in problem and "600" in problem
+        check_schema(api, response)
+
+        # Resumed, it runs the missed tick at once.
+        scheduler._aps.resume()
+        wait_for(lambda: api.get(f"{PREFIX}/health").status_code == 200)
+        settle(scheduler)
+    finally:
+        jobs.stop()
+
+
+def test_dead_scheduler_is_503(
+    app: Flask, api: t.Any, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs.start()
+    try:
+        settle(state(app).scheduler)
+        aps = state(app).scheduler._aps
+        aps.shutdown(wait=False)
+        # jobs.stop() shuts it down again; APScheduler refuses that twice.
+        monkeypatch.setattr(aps, "shutdown", lambda wait=True: None)
+        response = api.get(f"{PREFIX}/health")
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["healthy"] is False and body["scheduler"] == "dead"
+        assert body["problems"] == ["the scheduler started in this process is no longer running"]
+        check_schema(api, response)
+    finally:
+        jobs.stop()
+
+
+def test_disabled_scheduler_is_healthy(app: Flask, api: t.Any) -> None:
+    # The app fixture sets DURABLE_JOBS_SCHEDULER = False: off on purpose.
+    response = api.get(f"{PREFIX}/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["healthy"] is True and body["scheduler"] == "disabled"
+    assert body["started_at"] is None and body["last_tick"] is None
+    assert body["last_sweep"] is None and body["worker_id"] is None
+    check_schema(api, response)
+
+
+@pytest.mark.config(DURABLE_JOBS_SCHEDULER=True)
+def test_stopped_and_not_started(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    # Started by init_app, as in a process that serves requests.
+    assert state(app).scheduler is not None and state(app).scheduler.running
+    assert api.get(f"{PREFIX}/health").get_json()["scheduler"] == "running"
+
+    settle(state(app).scheduler)
+    jobs.stop()
+    response = api.get(f"{PREFIX}/health")
+    assert response.status_code == 503
+    assert response.get_json()["scheduler"] == "stopped"
+
+    # A process that never runs it (a flask command, gunicorn's master).
+    state(app).start_policy = NEVER
+    response = api.get(f"{PREFIX}/health")
+    assert response.status_code == 200
+    assert response.get_json()["scheduler"] == "not_started"
+
+
+# -- the backlog -------------------------------------------------------------------
+
+
+def test_due_backlog(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    jobs.enqueue("t.ok", {})
+    jobs.enqueue("t.ok", {}, run_at=now - dt.timedelta(minutes=10))
+    jobs.enqueue("t.ok", {}, delay=3600)  # not due
+    jobs.cancel(jobs.enqueue("t.ok", {}).id)  # not waiting
+    body = api.get(f"{PREFIX}/health").get_json()
+    assert body["due_count"] == 2
+    assert 600 <= body["oldest_due_age_seconds"] < 700
+
+
+def test_max_due_age(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    jobs.enqueue("t.ok", {}, run_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))
+    assert api.get(f"{PREFIX}/health?max_due_age=7200").status_code == 200
+    response = api.get(f"{PREFIX}/health?max_due_age=60")
+    assert response.status_code == 503
+    [problem] = response.get_json()["problems"]
+    assert "oldest due job" in problem and "max_due_age" in problem
+    check_schema(api, response)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "x", str(admin.MAX_DUE_AGE_SECONDS + 1)])
+def test_bad_max_due_age_is_400(api: t.Any, value: str) -> None:
+    response = api.get(f"{PREFIX}/health?max_due_age={value}")
+    assert response.status_code == 400
+    assert "max_due_age" in response.get_json()["error"]["message"]
+
+
+def test_unreadable_database_is_503(
+    app: Flask, api: t.Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Store, now: dt.datetime) -> t.NoReturn:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(Store, "due_backlog", broken)
+    with caplog.at_level(logging.WARNING, logger="flask_durable_jobs"):
+        response = api.get(f"{PREFIX}/health")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["due_count"] is None and body["oldest_due_age_seconds"] is None
+    [problem] = body["problems"]
+    assert "OperationalError" in problem and "connection refused" not in problem
+    assert any(r.exc_info for r in caplog.records if r.name == "flask_durable_jobs")
+    check_schema(api, response)
+
+
+# -- access ------------------------------------------------------------------------
+
+
+def test_closed_without_access(app: Flask, client: t.Any) -> None:
+    response = client.get(f"{PREFIX}/health")
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.config(DURABLE_JOBS_ADMIN_TOKEN=TOKEN)
+def test_token_required(client: t.Any) -> None:
+    assert client.get(f"{PREFIX}/health").status_code == 401
+    assert client.get(f"{PREFIX}/health", headers={"Authorization": "Bearer no"}).status_code == 401
+    assert client.get(f"{PREFIX}/health", headers=AUTH).status_code == 200
+
+
+def test_authorizer_refusal(app: Flask, client: t.Any, jobs: DurableJobs) -> None:
+    jobs.admin_authorizer(lambda: False)
+    assert client.get(f"{PREFIX}/health").status_code == 403
+
+
+# -- command line ------------------------------------------------------------------
+
+
+def test_cli_healthy(app: Flask, jobs: DurableJobs) -> None:
+    result = app.test_cli_runner().invoke(args=["jobs", "health"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert set(body) == KEYS and body["healthy"] is True
+    assert body["scheduler"] == "disabled"
+
+
+def test_cli_unhealthy_exits_1(app: Flask, jobs: DurableJobs) -> None:
+    jobs.handler("t.ok")(lambda payload: payload)
+    jobs.enqueue("t.ok", {}, run_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["jobs", "health", "--max-due-age", "7200"]).exit_code == 0
+    result = runner.invoke(args=["jobs", "health", "--max-due-age", "60"])
+    assert result.exit_code == 1
+    body = json.loads(result.output)
+    assert body["healthy"] is False and body["due_count"] == 1
+
+
+def test_cli_dead_scheduler_exits_1(
+    app: Flask, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs.start()
+    try:
+        settle(state(app).scheduler)
+        aps = state(app).scheduler._aps
+        aps.shutdown(wait=False)
+        monkeypatch.setattr(aps, "shutdown", lambda wait=True: None)
+        result = app.test_cli_runner().invoke(args=["jobs", "health"])
+        assert result.exit_code == 1
+        assert json.loads(result.output)["scheduler"] == "dead"
+    finally:
+        jobs.stop()
