@@ -148,6 +148,9 @@ class Listener:
     def stop(self) -> None:
         self._stop.set()
 
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
     def _main(self) -> None:
         failures = 0
         while not self._stop.is_set():
@@ -179,6 +182,8 @@ class Scheduler:
         self._errors: dict[str, tuple[str, float]] = {}
         self._aps: t.Any = None
         self._listener: Listener | None = None
+        self._active = 0  # ticks running now
+        self._idle = threading.Condition()
         self.started_at: dt.datetime | None = None
         self.last_tick: dt.datetime | None = None
         self.last_sweep: dt.datetime | None = None
@@ -206,8 +211,8 @@ class Scheduler:
                     id=PERIODIC_JOB, next_run_time=now)
         aps.add_job(self.callback_tick, "interval", seconds=max(settings.poll_interval, 1.0),
                     id=CALLBACK_JOB, next_run_time=now)
+        self._aps = aps  # before start: the first ticks fire at once
         aps.start()
-        self._aps = aps
         self._listener = Listener(self.state)
         self._listener.start()
         self.started_at = now
@@ -228,7 +233,8 @@ class Scheduler:
     def stop(self) -> None:
         """Stop claiming, let running jobs finish within the shutdown timeout,
         release the rest, and stop the scheduler."""
-        aps, self._aps = self._aps, None
+        with self._idle:
+            aps, self._aps = self._aps, None  # from now on no tick starts work
         if aps is None:
             return
         if self._listener is not None:
@@ -236,15 +242,25 @@ class Scheduler:
         runner = self.state.runner
         timeout = self.state.settings.shutdown_timeout
         runner.begin_shutdown(timeout)
-        aps.shutdown(wait=False)
+        if aps.running:
+            aps.shutdown(wait=False)
+        # Ticks still in flight finish before the caller disposes the store:
+        # the processor within the shutdown timeout, the others promptly.
         deadline = time.monotonic() + timeout + 5.0
-        while runner.busy and time.monotonic() < deadline:
-            time.sleep(0.02)
+        with self._idle:
+            while self._active and time.monotonic() < deadline:
+                self._idle.wait(0.05)
+        if self._listener is not None:
+            self._listener.join(max(0.0, min(2.0, deadline - time.monotonic())))
         log.info("durable jobs scheduler stopped (pid %s)", os.getpid())
 
     # -- ticks: never raise, so one bad tick never stops the next -------------
 
     def _guard(self, name: str, func: t.Callable[[], t.Any]) -> None:
+        with self._idle:
+            if self._aps is None:
+                return  # stopped: no new work, and nothing to touch the store
+            self._active += 1
         try:
             func()
         except Exception as exc:
@@ -257,6 +273,10 @@ class Scheduler:
                 self._errors[name] = (text, now)
         else:
             self._errors.pop(name, None)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
 
     def process_tick(self) -> None:
         self.last_tick = dt.datetime.now(UTC)
