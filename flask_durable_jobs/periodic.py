@@ -264,6 +264,8 @@ def parse(expr: t.Any, timezone: zoneinfo.ZoneInfo) -> tuple[str, t.Any, bool]:
         raise TypeError(f"a schedule must be a cron expression string, got {expr!r}")
     fields = expr.split()
     normalised = " ".join(fields)
+    if len(normalised) > 200:
+        raise ValueError(f"cron expression {expr!r} is longer than 200 characters")
     if len(fields) not in (5, 6):
         raise ValueError(
             f"invalid cron expression {expr!r}: give 5 fields (minute hour day month weekday)"
