@@ -120,7 +120,10 @@ class State:
                 if self._store is None:
                     with self.app.app_context():
                         app_engine = self.db.engine
-                    engine = build_engine(app_engine, pool_size=self.settings.concurrency + 2)
+                    # the app's connect_args (SSL, prepare_threshold for PgBouncer...)
+                    options = self.app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
+                    engine = build_engine(app_engine, pool_size=self.settings.concurrency + 2,
+                                          connect_args=options.get("connect_args"))
                     self._store = make_store(engine, self.table, self.batches)
         return self._store
 
@@ -193,7 +196,7 @@ class State:
             "max_attempts": spec.max_attempts if spec else handlers_module.DEFAULT_MAX_ATTEMPTS,
             "orphan_policy": spec.on_orphan if spec else "retry",
             "status": PENDING, "attempts": 0, "callback_attempts": 0,
-            "payload": batch.on_complete_payload or {},
+            "payload": {"batch_id": batch_id, **(batch.on_complete_payload or {})},
             "idempotency_key": f"batch:{batch_id}",
             "run_at": now, "created_at": now, "updated_at": now,
         }
@@ -565,8 +568,9 @@ class DurableJobs:
         """Enqueue ``(job_type, payload)`` pairs under one batch id, in one transaction.
 
         When every job of the batch has ended (succeeded, dead or cancelled),
-        ``on_complete`` is enqueued once with ``on_complete_payload``, however
-        many processes finish the batch's jobs.
+        ``on_complete`` is enqueued once, however many processes finish the
+        batch's jobs. Its payload is ``on_complete_payload`` plus ``batch_id``
+        (unless the payload has its own).
         """
         state = self._state()
         pairs = list(jobs)

@@ -170,7 +170,9 @@ class _BacklogCollector:
     def collect(self) -> Iterator[Metric]:
         due_count, oldest_age = 0, 0.0
         seen: set[str] = set()
-        for app in list(self.apps):
+        with _lock:  # init_app may be adding an app in another thread
+            apps = list(self.apps)
+        for app in apps:
             state: State | None = app.extensions.get("durable_jobs")
             if state is None:
                 continue

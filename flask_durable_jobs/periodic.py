@@ -82,7 +82,6 @@ older fire times do not. A new deploy does not run a nightly job at noon.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -431,22 +430,6 @@ def _watermarks(engine: sa.Engine, table: sa.Table, keys: list[str]) -> dict[str
     return {key: _aware(last) for key, last in rows}
 
 
-@contextlib.contextmanager
-def _write(engine: sa.Engine) -> t.Iterator[sa.Connection]:
-    """One short write transaction; on SQLite it takes the write lock up front."""
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            driver = conn.connection.driver_connection
-            if driver is not None and not driver.in_transaction:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
-
-
 def _insert_ignore(engine: sa.Engine, table: sa.Table) -> t.Any:
     insert = pg_dialect.insert if engine.dialect.name == "postgresql" else sqlite_dialect.insert
     return insert(table)
@@ -479,7 +462,7 @@ def _tick(state: State, schedules: list[Schedule]) -> int:
         last = marks.get(spec.key)
         if last is None:
             last = spec.first_watermark(now)
-            with _write(engine) as conn:
+            with state.store.transaction() as conn:
                 conn.execute(
                     _insert_ignore(engine, table)
                     .values(key=spec.key, cron=spec.cron, timezone=spec.timezone,
@@ -501,7 +484,7 @@ def _fire(
 ) -> int:
     """Enqueue the job for one fire time unless another process did; one transaction."""
     c = table.c
-    with _write(engine) as conn:
+    with state.store.transaction() as conn:
         advanced = conn.execute(
             sa.update(table)
             .where(c.key == spec.key, sa.or_(c.last_fire_at.is_(None), c.last_fire_at < fire))

@@ -108,6 +108,16 @@ def _gunicorn_role() -> str | None:
     return None
 
 
+def _missing_table(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "durable_jobs" in text and ("no such table" in text or "does not exist" in text)
+
+
+#: APScheduler reports every tick at INFO; that chatter goes here, quiet
+#: (WARNING) unless the app sets this logger's level itself.
+TICK_LOGGER = "flask_durable_jobs.ticks"
+
+
 class DaemonThreadExecutor(BaseExecutor):  # type: ignore[misc]
     """Runs each tick in a fresh daemon thread.
 
@@ -115,6 +125,10 @@ class DaemonThreadExecutor(BaseExecutor):  # type: ignore[misc]
     joins before ``atexit`` handlers run, which would keep a long tick from
     ever seeing the shutdown.
     """
+
+    def start(self, scheduler: t.Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        self._logger = logging.getLogger(TICK_LOGGER)
 
     def _do_submit_job(self, job: t.Any, run_times: t.Any) -> None:
         def target() -> None:
@@ -194,7 +208,11 @@ class Scheduler:
 
     def start(self) -> None:
         settings = self.state.settings
+        ticks = logging.getLogger(TICK_LOGGER)
+        if ticks.level == logging.NOTSET:
+            ticks.setLevel(logging.WARNING)
         aps = BackgroundScheduler(
+            logger=ticks,
             executors={"default": DaemonThreadExecutor()},
             job_defaults={"coalesce": True, "max_instances": 5, "misfire_grace_time": None},
             timezone=UTC,
@@ -268,8 +286,12 @@ class Scheduler:
             previous = self._errors.get(name)
             now = time.monotonic()
             if previous is None or previous[0] != text or now - previous[1] > ERROR_LOG_INTERVAL:
-                log.exception("durable jobs %s tick failed (repeats are logged once a minute)",
-                              name)
+                if _missing_table(exc):
+                    log.error("durable jobs %s tick: the job tables do not exist yet; run"
+                              " `flask jobs upgrade` (or db.create_all()). Retrying.", name)
+                else:
+                    log.exception("durable jobs %s tick failed (repeats are logged once a"
+                                  " minute)", name)
                 self._errors[name] = (text, now)
         else:
             self._errors.pop(name, None)

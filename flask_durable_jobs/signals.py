@@ -8,7 +8,9 @@ skipped: it never changes the job's outcome nor stops other receivers.
 =================  ===========================================================
 signal             keyword arguments
 =================  ===========================================================
-``job_enqueued``   ``job`` (:class:`~flask_durable_jobs.Job`), after commit
+``job_enqueued``   ``job_type``, ``job_ids`` and ``job`` (the
+                   :class:`~flask_durable_jobs.Job`; ``None`` for bulk
+                   enqueues), after commit
 ``job_started``    ``job_id``, ``job_type``, ``attempt``, ``payload``
 ``job_succeeded``  ``job_id``, ``job_type``, ``attempt``, ``result``, ``duration``
 ``job_retried``    ``job_id``, ``job_type``, ``attempt``, ``error``, ``run_at``,

@@ -122,7 +122,9 @@ def _is_broken(driver_conn: t.Any) -> bool:
     return bool(getattr(driver_conn, "broken", False) or getattr(driver_conn, "closed", False))
 
 
-def build_engine(app_engine: sa.Engine, pool_size: int) -> sa.Engine:
+def build_engine(
+    app_engine: sa.Engine, pool_size: int, connect_args: dict[str, t.Any] | None = None
+) -> sa.Engine:
     """The library's own engine, on the same database as the app's.
 
     A separate pool keeps the worker's short transactions apart from the app's
@@ -143,6 +145,7 @@ def build_engine(app_engine: sa.Engine, pool_size: int) -> sa.Engine:
             pool_size=pool_size,
             max_overflow=pool_size,
             isolation_level="AUTOCOMMIT",
+            connect_args=dict(connect_args or {}),
         )
     if backend == "sqlite":
         database = url.database or ""
@@ -153,6 +156,7 @@ def build_engine(app_engine: sa.Engine, pool_size: int) -> sa.Engine:
             pool_size=pool_size,
             max_overflow=pool_size,
             connect_args={
+                **(connect_args or {}),
                 "timeout": SQLITE_BUSY_TIMEOUT,
                 "isolation_level": None,
                 "check_same_thread": False,
@@ -251,6 +255,28 @@ class Store(abc.ABC):
             cur.close()
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> t.Iterator[sa.Connection]:
+        """A real write transaction for work of several statements.
+
+        The library's PostgreSQL engine autocommits single statements; this
+        one is READ COMMITTED and all-or-nothing. On SQLite it takes the
+        write lock up front (``BEGIN IMMEDIATE``).
+        """
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="READ COMMITTED")
+            else:
+                driver = conn.connection.driver_connection
+                if driver is not None and not driver.in_transaction:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
     def _begin(self, cur: t.Any) -> None:  # noqa: B027 - no-op where statements autocommit
         """Start the write transaction."""

@@ -47,6 +47,9 @@ if t.TYPE_CHECKING:
 
 log = logging.getLogger("flask_durable_jobs")
 
+#: Work a process claims ahead of its threads, in seconds of average run time.
+PREFETCH_SECONDS = 0.1
+
 #: Longest ``last_error`` kept on a job, in characters (the tail is kept).
 MAX_ERROR_LENGTH = 10_000
 
@@ -159,6 +162,7 @@ class Runner:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._closed = False
+        self._average_run: float | None = None  # seconds per job, moving average
         #: Called by :meth:`wake` when no loop is running (the scheduler's kick).
         self.on_idle_wake: t.Callable[[], None] | None = None
         #: Called with the ids of batches that had a job end.
@@ -175,6 +179,7 @@ class Runner:
             if item.spec.timeout is not None:
                 item.deadline = item.started + item.spec.timeout
         outcome = self._call(item)
+        self._observe(time.monotonic() - item.started)
         with item.lock:
             if item.state == _ABANDONED:
                 log.warning(
@@ -243,6 +248,26 @@ class Runner:
 
     # -- the loop -----------------------------------------------------------
 
+    def _observe(self, seconds: float) -> None:
+        # A moving average is enough: it only sizes the next claims.
+        average = self._average_run
+        self._average_run = seconds if average is None else average * 0.9 + seconds * 0.1
+
+    def claim_size(self) -> int:
+        """How many jobs this process holds at most: what its threads can start
+        within :data:`PREFETCH_SECONDS`, at most a batch.
+
+        Quick jobs are claimed a batch at a time (few round trips); slow ones
+        about a thread's worth at a time, so the other processes get their
+        share instead of watching one process's queue wait behind its leases.
+        """
+        threads = self.settings.concurrency
+        average = self._average_run
+        if average is None:
+            return min(self.settings.batch_size, threads)
+        ahead = int(threads * PREFETCH_SECONDS / max(average, 1e-6))
+        return max(1, min(self.settings.batch_size, threads + ahead))
+
     def handled_types(self) -> list[str]:
         return sorted(self.handlers)
 
@@ -293,7 +318,7 @@ class Runner:
         try:
             while True:
                 # 1. claim while there is room, budget and work
-                room = settings.batch_size - len(inflight)
+                room = self.claim_size() - len(inflight)
                 if budget is not None:
                     room = min(room, budget)
                 if not exhausted and room > 0 and not self._stopping.is_set():
