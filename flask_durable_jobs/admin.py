@@ -436,6 +436,23 @@ def health() -> Response:
     return response
 
 
+@blueprint.get("/periodic", **_route_options)
+def list_schedules() -> Response:
+    from .periodic import describe
+
+    return jsonify({"items": describe(_state())})
+
+
+@blueprint.get("/batches/<batch_id>", **_route_options)
+def get_batch(batch_id: str) -> Response:
+    if len(batch_id) > 64:
+        raise ApiError(404, "no such batch")
+    status = _ext().batch_status(batch_id)
+    if status is None:
+        raise ApiError(404, f"no batch with id {_echo(batch_id)}")
+    return jsonify(status)
+
+
 @blueprint.get("", strict_slashes=False, **_route_options)
 def list_jobs() -> Response:
     status = _text_arg("status")

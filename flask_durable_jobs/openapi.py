@@ -186,6 +186,46 @@ def _schemas(last_error_max_chars: int) -> dict[str, t.Any]:
                 "checked_at",
             ],
         },
+        "Batch": {
+            "type": "object",
+            "description": "Jobs enqueued together by enqueue_batch().",
+            "properties": {
+                "batch_id": {"type": "string"},
+                "by_status": _COUNTS_BY_STATUS,
+                "total": _COUNT,
+                "all_terminal": {
+                    "type": "boolean",
+                    "description": "Every job of the batch has succeeded, died or been"
+                    " cancelled.",
+                },
+                "on_complete": {"type": ["string", "null"]},
+                "completed_at": _nullable(_DATETIME),
+            },
+            "required": ["batch_id", "by_status", "total", "all_terminal", "on_complete",
+                         "completed_at"],
+        },
+        "Schedule": {
+            "type": "object",
+            "description": "A recurring schedule registered in the answering process.",
+            "properties": {
+                "key": {"type": "string"},
+                "job_type": {"type": "string"},
+                "cron": {"type": "string"},
+                "timezone": {"type": "string"},
+                "payload": {"type": "object"},
+                "last_fire_at": _nullable(_DATETIME),
+                "next_fire_at": _nullable(_DATETIME),
+            },
+            "required": ["key", "job_type", "cron", "timezone", "payload", "last_fire_at",
+                         "next_fire_at"],
+        },
+        "ScheduleList": {
+            "type": "object",
+            "properties": {
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/Schedule"}},
+            },
+            "required": ["items"],
+        },
         "ProcessCounts": {
             "type": "object",
             "properties": {
@@ -314,6 +354,33 @@ def build(
                         **_errors(400, *common),
                     },
                 }
+            },
+            f"{prefix}/periodic": {
+                "get": {
+                    "operationId": "listSchedules",
+                    "summary": "Recurring schedules registered in the answering process, with"
+                    " their last and next fire times",
+                    "responses": {
+                        "200": _json("ScheduleList", "The schedules."),
+                        **_errors(*common),
+                    },
+                }
+            },
+            f"{prefix}/batches/{{batch_id}}": {
+                "parameters": [{
+                    "name": "batch_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                }],
+                "get": {
+                    "operationId": "getBatch",
+                    "summary": "Counts of a batch's jobs by status, and whether all have ended",
+                    "responses": {
+                        "200": _json("Batch", "The batch."),
+                        **_errors(404, *common),
+                    },
+                },
             },
             f"{prefix}/{{job_id}}": {
                 "parameters": [job_id],
