@@ -159,3 +159,25 @@ def test_flask_migrate_project(database_url: str, tmp_path: pathlib.Path) -> Non
     out = run("db", "migrate", "-m", "nothing")
     assert "No changes in schema detected" in out
     engine.dispose()
+
+
+def test_authoring_environment_finds_no_changes(database_url: str) -> None:
+    """The maintainers' environment (migrations/) sees the shipped revisions
+    and the models as one schema: `alembic check` finds nothing to generate."""
+    app, db, _jobs = _app(database_url)
+    with app.app_context():
+        assert app.test_cli_runner().invoke(args=["jobs", "upgrade"]).exit_code == 0
+        db.engine.dispose()
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DURABLE_JOBS_DEV_DATABASE_URL": database_url}
+
+    def alembic(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "alembic", "-c", str(root / "migrations" / "alembic.ini"),
+             *args], cwd=root, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    assert "0001 (head)" in alembic("current")
+    assert "No new upgrade operations detected" in alembic("check")
