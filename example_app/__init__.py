@@ -50,7 +50,6 @@ def create_app(test_config: dict[str, t.Any] | None = None) -> Flask:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
 
     db.init_app(app)
     if app.config["CREATE_TABLES"]:
