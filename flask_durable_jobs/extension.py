@@ -21,7 +21,15 @@ from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
 from .models import PENDING, Batch, Job, define_batch_table, define_table, utcnow
 from .retry import Backoff, default_backoff
-from .scheduler import AFTER_FORK, NOW, Scheduler, start_decision, track
+from .scheduler import (
+    AFTER_FORK,
+    FLASK_RUN,
+    NOW,
+    Scheduler,
+    exit_on_sigterm,
+    start_decision,
+    track,
+)
 from .store import Store, build_engine, make_store
 from .vault import make_vault
 from .worker import Counts, Runner, empty_counts
@@ -261,6 +269,8 @@ class DurableJobs:
             log.debug("durable jobs scheduler: %s (%s)", decision, why)
             if decision == NOW:
                 state.start_scheduler()
+                if why == FLASK_RUN:
+                    exit_on_sigterm()
 
     def handler(
         self,

@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ log = logging.getLogger("flask_durable_jobs")
 NOW = "now"
 AFTER_FORK = "after_fork"
 NEVER = "never"
+FLASK_RUN = "flask run"
 
 PROCESS_JOB = "durable_jobs.process"
 SWEEP_JOB = "durable_jobs.sweep"
@@ -67,11 +69,29 @@ def start_decision() -> tuple[str, str]:
             return NEVER, f"'flask {name}' does not serve requests"
         if reload and os.environ.get("WERKZEUG_RUN_MAIN") != "true":
             return NEVER, "the reloader's watcher process does not serve requests"
-        return NOW, "flask run"
+        return NOW, FLASK_RUN
     role = _gunicorn_role()
     if role == "master":
         return AFTER_FORK, "gunicorn --preload: starting in each worker after the fork"
     return NOW, "gunicorn worker" if role == "worker" else "app built outside a CLI"
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM a normal exit, so ``atexit`` releases unfinished jobs.
+
+    Werkzeug's server without the reloader leaves SIGTERM at its default,
+    which kills the process before any cleanup. Only in the main thread, and
+    only when nothing else has claimed the signal.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum: int, _frame: t.Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _flask_cli_command() -> tuple[str, bool] | None:
