@@ -63,6 +63,12 @@ def _as_utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
+def _idle(session: t.Any) -> bool:
+    """No transaction begun and nothing pending: a commit would change nothing."""
+    current = session()  # the scoped session's Session for this context
+    return not current.in_transaction() and not (current.new or current.dirty or current.deleted)
+
+
 _PENDING = "durable_jobs.on_commit"
 
 
@@ -97,9 +103,15 @@ class State:
     """Everything the extension keeps for one app (``app.extensions["durable_jobs"]``)."""
 
     def __init__(
-        self, ext: DurableJobs, app: Flask, db: SQLAlchemy, settings: Settings, table: sa.Table
+        self,
+        ext: DurableJobs,
+        app: Flask,
+        db: SQLAlchemy,
+        settings: Settings,
+        table: sa.Table,
+        batches: sa.Table,
     ) -> None:
-        self.batches = define_batch_table(db.metadata)
+        self.batches = batches
         self.ext = ext
         self.app = app
         self.db = db
@@ -249,10 +261,12 @@ class DurableJobs:
                 " or pass db= to DurableJobs or init_app"
             )
         settings = config_module.load(app.config)
+        # every table on the app's metadata: db.create_all() and autogenerate see them
         table = define_table(db.metadata)
-        define_version_table(db.metadata)
+        batches = define_batch_table(db.metadata)
         periodic_module.define_table(db.metadata)
-        state = State(self, app, db, settings, table)
+        define_version_table(db.metadata)
+        state = State(self, app, db, settings, table, batches)
         app.extensions[EXTENSION_KEY] = state
 
         from . import admin, cli
@@ -444,8 +458,15 @@ class DurableJobs:
             values["secrets"] = _encrypt_secrets(state, secrets)
         if callback_url is not None:
             values["callback_url"] = callbacks.check_url(callback_url, state.settings)
-        session = state.db.session
-        job, created = state.store.insert(session, values)
+        session: t.Any = state.db.session
+        if commit and state.store.autocommits and _idle(session):
+            # Committing the session would commit the job alone: send it as
+            # one autocommitted statement (no BEGIN and COMMIT round trips).
+            job, created = state.store.insert_now(values)
+            commit = False  # nothing left to commit; signal and wake below
+            session = None
+        else:
+            job, created = state.store.insert(session, values)
         self._after_enqueue(
             state, session, commit, job_type, [job.id] if created else [],
             job if created else None, due=job.run_at <= values["created_at"],
@@ -495,7 +516,7 @@ class DurableJobs:
     ) -> None:
         """Commit (or wait for the caller's commit), then signal and wake."""
 
-        def committed() -> None:
+        def committed() -> None:  # after the commit that made the jobs durable
             if not ids:
                 return
             signals.send(signals.job_enqueued, state.app, job_type=job_type, job_ids=ids,
@@ -507,7 +528,9 @@ class DurableJobs:
             elif state.scheduler is not None or state._runner is not None:
                 state.runner.wake()
 
-        if commit:
+        if session is None:  # already committed on its own
+            committed()
+        elif commit:
             session.commit()
             committed()
         elif ids:

@@ -667,3 +667,26 @@ def test_db_found_in_extensions(database_url: str) -> None:
         assert jobs.drain()["succeeded"] == 1
         jobs.stop()
         db.engine.dispose()
+
+
+def test_enqueue_commit_with_an_idle_session(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
+    """commit=True with nothing pending may commit the job on its own; the
+    session is left as it was, and a session with work still commits both."""
+    jobs.handler("t")(lambda p: None)
+    job = jobs.enqueue("t", {"n": 1})
+    assert not db.session().in_transaction()
+    other = sa.create_engine(db.engine.url)
+    with other.connect() as conn:  # durable: visible to another connection at once
+        status = conn.execute(sa.text("SELECT status FROM durable_jobs WHERE id = :i"),
+                              {"i": job.id}).scalar()
+    other.dispose()
+    assert status == "pending"
+    again = jobs.enqueue("t", {"n": 2}, idempotency_key="k")
+    assert jobs.enqueue("t", {"n": 3}, idempotency_key="k").id == again.id
+    note = sa.Table("notes3", db.metadata, sa.Column("id", sa.Integer, primary_key=True))
+    note.create(db.engine)
+    db.session.execute(note.insert().values(id=1))
+    jobs.enqueue("t", {"n": 4})  # the pending row goes with it
+    db.session.rollback()
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(note)).scalar() == 1

@@ -191,5 +191,6 @@ def test_new_jobs_from_another_process_wake_the_scheduler(
     time.sleep(0.5)  # the first tick has run and found nothing; LISTEN is up
     with other.app_context():
         producer.enqueue("t", {})
+        producer.stop()
         other_db.engine.dispose()
     assert started.wait(10), "the watcher should wake the scheduler well before 60 s"
