@@ -91,6 +91,8 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
     waiting = sa.text("status IN ('pending', 'retrying')")
     running = sa.text("status = 'running'")
     finished = sa.text("finished_at IS NOT NULL")
+    ended = sa.text("status IN ('succeeded', 'dead', 'cancelled')")
+    keyed = sa.text("idempotency_key IS NOT NULL")
     in_batch = sa.text("batch_id IS NOT NULL")
     callback_due = sa.text("callback_status = 'pending'")
     return sa.Table(
@@ -125,7 +127,15 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("callback_error", sa.Text(), nullable=True),
         sa.Column("callback_next_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secrets", sa.Text(), nullable=True),  # encrypted; never returned
-        sa.UniqueConstraint("idempotency_key", name="uq_durable_jobs_idempotency_key"),
+        # Partial: most jobs have no key, and a full index would take an entry
+        # for every row version the queue writes.
+        sa.Index(
+            "uq_durable_jobs_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=keyed,
+            sqlite_where=keyed,
+        ),
         # The claim query reads only this index: it holds waiting jobs alone,
         # so finished rows never slow a claim down.
         sa.Index(
@@ -142,7 +152,16 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
             postgresql_where=running,
             sqlite_where=running,
         ),
-        sa.Index("ix_durable_jobs_status_type", "status", "job_type"),
+        # Counts and filters over ended jobs (stats, the admin list). Partial, so
+        # claims never plan through it and running jobs never write to it;
+        # waiting and running jobs are counted through their own indexes.
+        sa.Index(
+            "ix_durable_jobs_ended",
+            "status",
+            "job_type",
+            postgresql_where=ended,
+            sqlite_where=ended,
+        ),
         sa.Index(
             "ix_durable_jobs_finished",
             "finished_at",

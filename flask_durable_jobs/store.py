@@ -10,7 +10,12 @@ Two kinds of statement live here:
 
 Every write to a running job carries the claim's ``lease_token`` in its
 ``WHERE`` clause: a worker that lost its lease updates zero rows, so its late
-result can never overwrite newer state.
+result can never overwrite newer state. The token alone is the fence: a claim
+sets a new one, and every write that ends the run (finish, sweep, release)
+clears it, so a row holds a token only while that claim's run is current. (A
+``status = 'running'`` test would add nothing, and would let PostgreSQL plan
+the write through the partial index of running jobs, which holds an entry for
+every job that ran since the last VACUUM.)
 
 PostgreSQL claims with ``FOR UPDATE SKIP LOCKED``. SQLite has one writer: the
 library's writes take the write lock at the start (``BEGIN IMMEDIATE``) and
@@ -203,7 +208,11 @@ class Store(abc.ABC):
         self._insert = sa.insert(table).returning(table.c.id)
         insert = pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
         self._insert_once = (
-            insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"])
+            insert(table)
+            .on_conflict_do_nothing(
+                index_elements=["idempotency_key"],
+                index_where=table.c.idempotency_key.is_not(None),
+            )
             .returning(table.c.id)
         )
         self._insert_many = self._bulk_insert_statement()
@@ -402,11 +411,16 @@ class Store(abc.ABC):
         unhandled: dict[str, int] = {}
         oldest: dt.datetime | None = None
         with self.engine.connect() as conn:
-            for job_type, status, count in conn.execute(
-                sa.select(c.job_type, c.status, sa.func.count()).group_by(c.status, c.job_type)
-            ):
-                by_status[status] = by_status.get(status, 0) + count
-                by_type.setdefault(job_type, dict.fromkeys(STATUSES, 0))[status] = count
+            # One aggregate per partial index: ended, waiting, running jobs.
+            for group in (TERMINAL, WAITING, (RUNNING,)):
+                rows = conn.execute(
+                    sa.select(c.job_type, c.status, sa.func.count())
+                    .where(c.status.in_(group))
+                    .group_by(c.status, c.job_type)
+                )
+                for job_type, status, count in rows:
+                    by_status[status] = by_status.get(status, 0) + count
+                    by_type.setdefault(job_type, dict.fromkeys(STATUSES, 0))[status] = count
             for job_type, count, first in conn.execute(
                 sa.select(c.job_type, sa.func.count(), sa.func.min(c.run_at))
                 .where(c.status.in_(WAITING), c.run_at <= now)
@@ -779,7 +793,7 @@ class PostgresStore(Store):
             FROM unnest(%(ids)s::bigint[], %(tokens)s::text[], %(statuses)s::text[],
                         %(results)s::text[], %(errors)s::text[], %(run_ats)s::timestamptz[])
                  AS v(id, token, status, result, error, run_at)
-            WHERE j.id = v.id AND j.lease_token = v.token AND j.status = 'running'
+            WHERE j.id = v.id AND j.lease_token = v.token
             RETURNING j.id
         """
         params = {
@@ -799,7 +813,7 @@ class PostgresStore(Store):
         return f"""
             UPDATE {self.table.name} AS j SET {set_clause}
             FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS v(id, token)
-            WHERE j.id = v.id AND j.lease_token = v.token AND j.status = 'running'
+            WHERE j.id = v.id AND j.lease_token = v.token
             RETURNING j.id
         """
 
@@ -954,7 +968,7 @@ class SQLiteStore(Store):
                     THEN 'pending' ELSE callback_status END,
                 callback_next_at = CASE WHEN ? AND callback_url IS NOT NULL
                     THEN ? ELSE callback_next_at END
-            WHERE id = ? AND lease_token = ? AND status = 'running'
+            WHERE id = ? AND lease_token = ?
             RETURNING id
         """
         written: set[int] = set()
@@ -973,7 +987,7 @@ class SQLiteStore(Store):
                    params: tuple[t.Any, ...]) -> set[int]:
         sql = f"""
             UPDATE {self.table.name} SET {set_clause}
-            WHERE id = ? AND lease_token = ? AND status = 'running'
+            WHERE id = ? AND lease_token = ?
             RETURNING id
         """
         done: set[int] = set()

@@ -21,6 +21,8 @@ depends_on = None
 WAITING = "status IN ('pending', 'retrying')"
 RUNNING = "status = 'running'"
 FINISHED = "finished_at IS NOT NULL"
+ENDED = "status IN ('succeeded', 'dead', 'cancelled')"
+KEYED = "idempotency_key IS NOT NULL"
 IN_BATCH = "batch_id IS NOT NULL"
 CALLBACK_DUE = "callback_status = 'pending'"
 
@@ -68,7 +70,10 @@ def upgrade() -> None:
         sa.Column("callback_error", sa.Text(), nullable=True),
         sa.Column("callback_next_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secrets", sa.Text(), nullable=True),
-        sa.UniqueConstraint("idempotency_key", name="uq_durable_jobs_idempotency_key"),
+    )
+    op.create_index(
+        "uq_durable_jobs_idempotency_key", "durable_jobs", ["idempotency_key"], unique=True,
+        postgresql_where=sa.text(KEYED), sqlite_where=sa.text(KEYED),
     )
     op.create_index(
         "ix_durable_jobs_due", "durable_jobs", ["priority", "run_at", "id"],
@@ -78,7 +83,10 @@ def upgrade() -> None:
         "ix_durable_jobs_lease", "durable_jobs", ["lease_expires_at"],
         postgresql_where=sa.text(RUNNING), sqlite_where=sa.text(RUNNING),
     )
-    op.create_index("ix_durable_jobs_status_type", "durable_jobs", ["status", "job_type"])
+    op.create_index(
+        "ix_durable_jobs_ended", "durable_jobs", ["status", "job_type"],
+        postgresql_where=sa.text(ENDED), sqlite_where=sa.text(ENDED),
+    )
     op.create_index(
         "ix_durable_jobs_finished", "durable_jobs", ["finished_at"],
         postgresql_where=sa.text(FINISHED), sqlite_where=sa.text(FINISHED),
