@@ -459,10 +459,14 @@ class DurableJobs:
         if callback_url is not None:
             values["callback_url"] = callbacks.check_url(callback_url, state.settings)
         session: t.Any = state.db.session
-        if commit and state.store.autocommits and _idle(session):
-            # Committing the session would commit the job alone: send it as
-            # one autocommitted statement (no BEGIN and COMMIT round trips).
-            job, created = state.store.insert_now(values)
+        if commit and _idle(session):
+            # Committing the session would commit the job alone: insert it in
+            # a transaction of its own, without the session's machinery. On
+            # PostgreSQL that is one autocommitted statement on the library's
+            # connections; on SQLite a short one on the app's own engine, with
+            # the app's durability settings.
+            engine = None if state.store.autocommits else session.get_bind()
+            job, created = state.store.insert_now(values, engine)
             commit = False  # nothing left to commit; signal and wake below
             session = None
         else:

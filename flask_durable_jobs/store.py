@@ -326,9 +326,12 @@ class Store(abc.ABC):
         ).one()
         return self.to_job(existing), False
 
-    def insert_now(self, values: dict[str, t.Any]) -> tuple[Job, bool]:
-        """Insert one job as a statement of its own (see :attr:`autocommits`)."""
-        with self.engine.connect() as conn:
+    def insert_now(
+        self, values: dict[str, t.Any], engine: sa.Engine | None = None
+    ) -> tuple[Job, bool]:
+        """Insert one job in a transaction of its own, on ``engine`` (by default
+        the library's own, when it :attr:`autocommits` durably)."""
+        with (engine or self.engine).begin() as conn:
             key = values.get("idempotency_key")
             job_id = conn.execute(self._insert if key is None else self._insert_once,
                                   values).scalar()
