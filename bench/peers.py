@@ -21,6 +21,7 @@ from common import (
     emit,
     percentile,
     pg_conninfo,
+    pg_vacuum,
     temp_db,
     temp_sqlite,
     wait_until,
@@ -110,6 +111,7 @@ def pgqueuer_drain(n: int, batch: int = 10, **_: object) -> dict:  # type: ignor
     with temp_db("pgq") as db:
         asyncio.run(_pgq_install(db))
         asyncio.run(_pgq_bulk(db, n))
+        pg_vacuum(db)  # analysed, as every drain here
         elapsed, done = asyncio.run(_pgq_drain(db, n, batch))
     assert done == n, (done, n)
     return {"rate": n / elapsed, "n": n, "elapsed": elapsed, "batch": batch}
@@ -166,6 +168,7 @@ def procrastinate_drain(n: int, concurrency: int = 1, **_: object) -> dict:  # t
             app.schema_manager.apply_schema()
             for start in range(0, n, CHUNK):
                 noop.batch_defer(*([{}] * min(CHUNK, n - start)))
+        pg_vacuum(db)  # analysed, as every drain here
 
         async def work() -> float:
             async with app.open_async():

@@ -25,6 +25,7 @@ from common import (
     emit,
     pg_exec,
     pg_url,
+    pg_vacuum,
     run_cmd,
     temp_db,
 )
@@ -36,30 +37,37 @@ BATCH = 100
 # the claim's RETURNING rows are folded into one row whose id array feeds the
 # finish (\gset); the server still builds every returned column.
 CLAIM_SQL = f"""
-WITH due AS (
-    SELECT id FROM durable_jobs
-    WHERE status IN ('pending', 'retrying') AND run_at <= now()
-      AND job_type = ANY('{{noop}}'::text[])
-    ORDER BY priority, run_at, id
-    LIMIT {BATCH}
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
+WITH claimed AS (
     UPDATE durable_jobs AS j
     SET status = 'running', attempts = j.attempts + 1, lease_token = 'pgbenchtoken',
         lease_expires_at = now() + interval '60 seconds', worker_id = 'pgbench',
         started_at = now(), updated_at = now()
-    FROM due WHERE j.id = due.id
-    RETURNING j.id, j.job_type, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at
+    WHERE j.id = ANY(ARRAY(
+        SELECT id FROM durable_jobs
+        WHERE status IN ('pending', 'retrying') AND run_at <= now()
+          AND job_type = ANY('{{noop}}'::text[])
+        ORDER BY priority, run_at, id
+        LIMIT {BATCH}
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING j.id, j.job_type, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at,
+              j.secrets, j.batch_id
 )
 SELECT array_agg(id) AS ids, count(payload) AS n FROM claimed
 """.strip()
 
+# PostgresStore.finish, with the values a batch of successes sends.
 FINISH_SQL = """
 UPDATE durable_jobs AS j
 SET status = v.status, result = v.result::jsonb, last_error = v.error,
     run_at = COALESCE(v.run_at, j.run_at),
     finished_at = CASE WHEN v.status = 'retrying' THEN NULL ELSE now() END,
-    updated_at = now(), lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+    updated_at = now(), lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+    secrets = CASE WHEN v.status = 'retrying' THEN j.secrets END,
+    callback_status = CASE WHEN v.status <> 'retrying' AND j.callback_url IS NOT NULL
+        THEN 'pending' ELSE j.callback_status END,
+    callback_next_at = CASE WHEN v.status <> 'retrying'
+        AND j.callback_url IS NOT NULL THEN now() ELSE j.callback_next_at END
 FROM unnest(:ids::bigint[],
             array_fill('pgbenchtoken'::text, ARRAY[:n::int]),
             array_fill('succeeded'::text, ARRAY[:n::int]),
@@ -67,7 +75,7 @@ FROM unnest(:ids::bigint[],
             array_fill(NULL::text, ARRAY[:n::int]),
             array_fill(NULL::timestamptz, ARRAY[:n::int]))
      AS v(id, token, status, result, error, run_at)
-WHERE j.id = v.id AND j.lease_token = v.token AND j.status = 'running'
+WHERE j.id = v.id AND j.lease_token = v.token
 RETURNING j.id
 """.strip()
 
@@ -142,6 +150,7 @@ def drain(n: int, **_: object) -> dict:  # type: ignore[type-arg]
     ) as script:
         create_job_table(db)
         preload(db, n)
+        pg_vacuum(db)  # analysed, as autovacuum keeps a live table (and as every drain here)
         script.write(_one_line(CLAIM_SQL) + " \\gset\n")
         script.write(_one_line(FINISH_SQL) + ";\n")
         script.flush()
