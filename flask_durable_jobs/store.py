@@ -414,16 +414,18 @@ class Store(abc.ABC):
         unhandled: dict[str, int] = {}
         oldest: dt.datetime | None = None
         with self.engine.connect() as conn:
-            # One aggregate per partial index: ended, waiting, running jobs.
-            for group in (TERMINAL, WAITING, (RUNNING,)):
-                rows = conn.execute(
-                    sa.select(c.job_type, c.status, sa.func.count())
-                    .where(c.status.in_(group))
-                    .group_by(c.status, c.job_type)
-                )
-                for job_type, status, count in rows:
-                    by_status[status] = by_status.get(status, 0) + count
-                    by_type.setdefault(job_type, dict.fromkeys(STATUSES, 0))[status] = count
+            # One aggregate per partial index (ended, waiting, running jobs),
+            # in one statement: one snapshot, so a job changing status while
+            # stats are read is counted exactly once.
+            counts = sa.union_all(*(
+                sa.select(c.job_type, c.status, sa.func.count())
+                .where(c.status.in_(group))
+                .group_by(c.status, c.job_type)
+                for group in (TERMINAL, WAITING, (RUNNING,))
+            ))
+            for job_type, status, count in conn.execute(counts):
+                by_status[status] = by_status.get(status, 0) + count
+                by_type.setdefault(job_type, dict.fromkeys(STATUSES, 0))[status] = count
             for job_type, count, first in conn.execute(
                 sa.select(c.job_type, sa.func.count(), sa.func.min(c.run_at))
                 .where(c.status.in_(WAITING), c.run_at <= now)

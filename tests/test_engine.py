@@ -691,3 +691,24 @@ def test_enqueue_commit_with_an_idle_session(app: Flask, jobs: DurableJobs, db: 
     db.session.rollback()
     with db.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(note)).scalar() == 1
+
+
+@pytest.mark.config(DURABLE_JOBS_POLL_INTERVAL=0.05, DURABLE_JOBS_CONCURRENCY=4)
+def test_stats_count_each_job_once_while_jobs_move(app: Flask, jobs: DurableJobs) -> None:
+    """Stats read while the scheduler moves jobs between statuses: every job is
+    counted exactly once (one snapshot), whatever status it is in."""
+    jobs.handler("t")(lambda p: time.sleep(0.002))
+    jobs.enqueue_many("t", [{}] * 300)
+    jobs.start()
+    seen = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = jobs.stats()
+        assert stats["total"] == 300, stats["by_status"]
+        assert sum(stats["by_status"].values()) == 300
+        seen.add(stats["by_status"]["running"] > 0)
+        if stats["by_status"]["succeeded"] == 300:
+            break
+    jobs.stop()
+    assert jobs.stats()["by_status"]["succeeded"] == 300
+    assert True in seen, "stats never saw jobs running: the test did not race"
