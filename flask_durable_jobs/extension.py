@@ -19,7 +19,7 @@ from . import periodic as periodic_module
 from .errors import ConfigError
 from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
-from .models import PENDING, Batch, Job, define_batch_table, define_table, utcnow
+from .models import PENDING, Batch, Job, as_utc, define_batch_table, define_table, utcnow
 from .retry import Backoff, default_backoff
 from .scheduler import (
     AFTER_FORK,
@@ -57,10 +57,6 @@ def _encrypt_secrets(state: State, secrets: t.Any) -> str:
     except TypeError as exc:
         raise TypeError(str(exc)) from None
     return state.vault.encrypt(secrets)
-
-
-def _as_utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
 def _idle(session: t.Any) -> bool:
@@ -661,7 +657,7 @@ class DurableJobs:
             "all_terminal": total > 0 and ended == total,
             "on_complete": row.on_complete,
             "completed_at": None if row.completed_at is None
-            else _as_utc(row.completed_at).isoformat(),
+            else as_utc(row.completed_at).isoformat(),
         }
 
     def delete(self, job_id: int) -> None:

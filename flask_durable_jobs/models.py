@@ -38,6 +38,22 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(UTC)
 
 
+@t.overload
+def as_utc(value: None) -> None: ...
+@t.overload
+def as_utc(value: dt.datetime | str) -> dt.datetime: ...
+def as_utc(value: dt.datetime | str | None) -> dt.datetime | None:
+    """A timestamp as either driver returns it (aware, naive UTC, or SQLite's
+    text) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
 def _json_type() -> sa.types.TypeEngine[t.Any]:
     return sa.JSON(none_as_null=True).with_variant(
         postgresql.JSONB(none_as_null=True), "postgresql"

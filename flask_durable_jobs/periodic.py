@@ -101,7 +101,7 @@ from sqlalchemy.orm import Session
 
 from . import handlers as handlers_module
 from . import payload as payload_json
-from .models import UTC
+from .models import UTC, as_utc
 
 if t.TYPE_CHECKING:
     from .extension import DurableJobs, State
@@ -412,22 +412,12 @@ def _tick_lock(state: State) -> threading.Lock:
     return entry[1]
 
 
-def _aware(value: t.Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return t.cast(dt.datetime, value.replace(tzinfo=UTC))
-    return t.cast(dt.datetime, value.astimezone(UTC))
-
-
 def _watermarks(engine: sa.Engine, table: sa.Table, keys: list[str]) -> dict[str, t.Any]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(table.c.key, table.c.last_fire_at).where(table.c.key.in_(keys))
         ).all()
-    return {key: _aware(last) for key, last in rows}
+    return {key: as_utc(last) for key, last in rows}
 
 
 def _insert_ignore(engine: sa.Engine, table: sa.Table) -> t.Any:

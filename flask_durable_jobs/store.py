@@ -53,6 +53,7 @@ from .models import (
     UTC,
     WAITING,
     Job,
+    as_utc,
 )
 
 log = logging.getLogger("flask_durable_jobs")
@@ -110,17 +111,6 @@ class Finish:
     duration: float | None = None
     value: t.Any = None
     batch_id: str | None = None
-
-
-def _aware(value: t.Any) -> t.Any:
-    """Normalise a timestamp from either driver to an aware UTC datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _is_broken(driver_conn: t.Any) -> bool:
@@ -246,7 +236,7 @@ class Store(abc.ABC):
         data = dict(zip(JOB_COLUMNS, row, strict=True))
         for key in ("run_at", "created_at", "updated_at", "started_at", "finished_at",
                     "lease_expires_at"):
-            data[key] = _aware(data[key])
+            data[key] = as_utc(data[key])
         return Job(**data)
 
     @contextlib.contextmanager
@@ -431,7 +421,7 @@ class Store(abc.ABC):
                 .where(c.status.in_(WAITING), c.run_at <= now)
                 .group_by(c.job_type)
             ):
-                first = _aware(first)
+                first = as_utc(first)
                 oldest = first if oldest is None or first < oldest else oldest
                 if job_type not in handled:
                     unhandled[job_type] = count
@@ -457,7 +447,7 @@ class Store(abc.ABC):
                 sa.select(sa.func.count(), sa.func.min(c.run_at))
                 .where(c.status.in_(WAITING), c.run_at <= now)
             ).one()
-        first = _aware(first)
+        first = as_utc(first)
         age = None if first is None else max(0.0, (now - first).total_seconds())
         return int(count), age
 
@@ -952,7 +942,7 @@ class SQLiteStore(Store):
             cur.execute(sql, params)
             rows = cur.fetchall()
         claimed = [
-            ClaimedRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], _aware(r[6]), token, r[7],
+            ClaimedRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], as_utc(r[6]), token, r[7],
                        r[8])
             for r in rows
         ]
