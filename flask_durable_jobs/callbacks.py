@@ -113,17 +113,6 @@ def resolve_target(url: str, settings: Settings) -> str:
     return str(addresses[0])
 
 
-def target_refusal(url: str, settings: Settings) -> str | None:
-    """Why this URL may not be contacted now, or ``None`` if it may."""
-    try:
-        resolve_target(url, settings)
-    except Refused as exc:
-        return str(exc)
-    except OSError as exc:
-        return str(exc)
-    return None
-
-
 def post(url: str, address: str, body: bytes, headers: dict[str, str],
          timeout: tuple[float, float]) -> int:
     """POST to ``address`` (already checked) on behalf of ``url``; returns the status."""
