@@ -95,13 +95,10 @@ import zoneinfo
 
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.orm import Session
 
 from . import handlers as handlers_module
 from . import payload as payload_json
-from .models import UTC, as_utc
+from .models import UTC
 
 if t.TYPE_CHECKING:
     from .extension import DurableJobs, State
@@ -412,19 +409,6 @@ def _tick_lock(state: State) -> threading.Lock:
     return entry[1]
 
 
-def _watermarks(engine: sa.Engine, table: sa.Table, keys: list[str]) -> dict[str, t.Any]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(table.c.key, table.c.last_fire_at).where(table.c.key.in_(keys))
-        ).all()
-    return {key: as_utc(last) for key, last in rows}
-
-
-def _insert_ignore(engine: sa.Engine, table: sa.Table) -> t.Any:
-    insert = pg_dialect.insert if engine.dialect.name == "postgresql" else sqlite_dialect.insert
-    return insert(table)
-
-
 def tick(state: State) -> int:
     """Enqueue the jobs every registered schedule owes at ``state.now()``; returns how many.
 
@@ -444,54 +428,26 @@ def tick(state: State) -> int:
 
 def _tick(state: State, schedules: list[Schedule]) -> int:
     now = state.now().astimezone(UTC)
-    engine = state.store.engine
+    store = state.store
     table = define_table(state.db.metadata)
-    marks = _watermarks(engine, table, [spec.key for spec in schedules])
+    marks = store.schedule_marks(table, [spec.key for spec in schedules])
     enqueued = 0
     for spec in schedules:
+        described = {"cron": spec.cron, "timezone": spec.timezone, "updated_at": now}
         last = marks.get(spec.key)
         if last is None:
             last = spec.first_watermark(now)
-            with state.store.transaction() as conn:
-                conn.execute(
-                    _insert_ignore(engine, table)
-                    .values(key=spec.key, cron=spec.cron, timezone=spec.timezone,
-                            last_fire_at=last, updated_at=now)
-                    .on_conflict_do_nothing(index_elements=["key"])
-                )
+            store.start_schedule(table, {"key": spec.key, "last_fire_at": last, **described})
         for fire in spec.due(last, now):
-            enqueued += _fire(state, engine, table, spec, fire, now)
+            job = state.ext._job_values(
+                state, spec.job_type, delay=None, run_at=fire, queue=spec.queue,
+                priority=spec.priority, max_attempts=None,
+            )
+            job["created_at"] = job["updated_at"] = now
+            job["payload"] = spec.payload
+            job["idempotency_key"] = spec.idempotency_key(fire)
+            enqueued += store.fire_schedule(table, spec.key, fire, described, job)
     return enqueued
-
-
-def _fire(
-    state: State,
-    engine: sa.Engine,
-    table: sa.Table,
-    spec: Schedule,
-    fire: dt.datetime,
-    now: dt.datetime,
-) -> int:
-    """Enqueue the job for one fire time unless another process did; one transaction."""
-    c = table.c
-    with state.store.transaction() as conn:
-        advanced = conn.execute(
-            sa.update(table)
-            .where(c.key == spec.key, sa.or_(c.last_fire_at.is_(None), c.last_fire_at < fire))
-            .values(last_fire_at=fire, updated_at=now, cron=spec.cron, timezone=spec.timezone)
-        ).rowcount
-        if not advanced:
-            return 0  # dealt with already, here or elsewhere
-        values = state.ext._job_values(
-            state, spec.job_type, delay=None, run_at=fire, queue=spec.queue,
-            priority=spec.priority, max_attempts=None,
-        )
-        values["created_at"] = values["updated_at"] = now
-        values["payload"] = spec.payload
-        values["idempotency_key"] = spec.idempotency_key(fire)
-        with Session(bind=conn) as session:
-            _job, created = state.store.insert(session, values)
-    return int(created)
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -503,8 +459,8 @@ def describe(state: State) -> list[dict[str, t.Any]]:
     if not schedules:
         return []
     now = state.now().astimezone(UTC)
-    marks = _watermarks(
-        state.store.engine, define_table(state.db.metadata), [spec.key for spec in schedules]
+    marks = state.store.schedule_marks(
+        define_table(state.db.metadata), [spec.key for spec in schedules]
     )
     out = []
     for spec in schedules:

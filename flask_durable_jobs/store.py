@@ -585,6 +585,46 @@ class Store(abc.ABC):
             done.append(batch_id)
         return done
 
+    # -- recurring schedules (periodic.py) ----------------------------------
+
+    def schedule_marks(self, table: sa.Table, keys: list[str]) -> dict[str, t.Any]:
+        """The last fire time dealt with, per schedule key (absent: never seen)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(table.c.key, table.c.last_fire_at).where(table.c.key.in_(keys))
+            ).all()
+        return {key: as_utc(last) for key, last in rows}
+
+    def start_schedule(self, table: sa.Table, values: dict[str, t.Any]) -> None:
+        """Record a schedule seen for the first time (another process may have)."""
+        insert = pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
+        with self.transaction() as conn:
+            conn.execute(
+                insert(table).values(values).on_conflict_do_nothing(index_elements=["key"])
+            )
+
+    def fire_schedule(
+        self,
+        table: sa.Table,
+        key: str,
+        fire: dt.datetime,
+        schedule: dict[str, t.Any],
+        job: dict[str, t.Any],
+    ) -> bool:
+        """Advance the schedule's watermark to ``fire`` and enqueue its job, in one
+        transaction; False when this fire time was dealt with already (here or in
+        another process). The job's idempotency key backs the watermark up."""
+        c = table.c
+        with self.transaction() as conn:
+            advanced = conn.execute(
+                sa.update(table)
+                .where(c.key == key, sa.or_(c.last_fire_at.is_(None), c.last_fire_at < fire))
+                .values(last_fire_at=fire, **schedule)
+            ).rowcount
+            if not advanced:
+                return False
+            return conn.execute(self._insert_once, job).scalar() is not None
+
     # -- completion callbacks ---------------------------------------------
 
     def claim_callbacks(
