@@ -167,6 +167,11 @@ def test_scheduler_prunes(app: Flask, jobs: DurableJobs) -> None:
     move_time(days=31)
     state = app.extensions["durable_jobs"]
     jobs.start()
+    from flask_durable_jobs.scheduler import PRUNE_INTERVAL, PRUNE_JOB
+
+    scheduled = state.scheduler._aps.get_job(PRUNE_JOB)  # the scheduler runs it hourly
+    assert scheduled is not None
+    assert scheduled.trigger.interval.total_seconds() == PRUNE_INTERVAL
     state.scheduler.prune_tick()
     assert jobs.stats()["total"] == 0
 
