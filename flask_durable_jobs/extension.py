@@ -59,6 +59,35 @@ def _encrypt_secrets(state: State, secrets: t.Any) -> str:
     return state.vault.encrypt(secrets)
 
 
+def _new_row(
+    spec: HandlerSpec,
+    *,
+    now: dt.datetime,
+    run_at: dt.datetime,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+) -> dict[str, t.Any]:
+    """The columns of a new job, options falling back to its handler's."""
+    return {
+        "job_type": spec.name,
+        "queue": spec.queue if queue is None else queue,
+        "priority": spec.priority if priority is None else priority,
+        "max_attempts": spec.max_attempts if max_attempts is None else max_attempts,
+        "status": PENDING,
+        "attempts": 0,
+        "orphan_policy": spec.on_orphan,
+        "callback_attempts": 0,
+        "run_at": run_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _unregistered(payload: dict[str, t.Any]) -> None:  # never called: a spec for defaults
+    raise LookupError("no handler registered")
+
+
 def _idle(session: t.Any) -> bool:
     """No transaction begun and nothing pending: a commit would change nothing."""
     current = session()  # the scoped session's Session for this context
@@ -203,18 +232,16 @@ class State:
     def _completion_job(self, batch_id: str, batch: t.Any) -> dict[str, t.Any] | None:
         if batch.on_complete is None:
             return None
-        spec = self.ext._handlers.get(batch.on_complete)
+        # The process that ends the batch may not have this handler: the job
+        # is enqueued all the same, with the handler defaults.
+        spec = self.ext._handlers.get(batch.on_complete) or HandlerSpec(
+            batch.on_complete, func=_unregistered
+        )
         now = self.now()
         return {
-            "job_type": batch.on_complete,
-            "queue": spec.queue if spec else handlers_module.DEFAULT_QUEUE,
-            "priority": spec.priority if spec else handlers_module.DEFAULT_PRIORITY,
-            "max_attempts": spec.max_attempts if spec else handlers_module.DEFAULT_MAX_ATTEMPTS,
-            "orphan_policy": spec.on_orphan if spec else "retry",
-            "status": PENDING, "attempts": 0, "callback_attempts": 0,
+            **_new_row(spec, now=now, run_at=now),
             "payload": {"batch_id": batch_id, **(batch.on_complete_payload or {})},
             "idempotency_key": f"batch:{batch_id}",
-            "run_at": now, "created_at": now, "updated_at": now,
         }
 
     def prune(self, older_than: dt.timedelta | None = None) -> int:
@@ -392,22 +419,15 @@ class DurableJobs:
             when = now + dt.timedelta(seconds=seconds)
         else:
             when = now
-        return {
-            "job_type": job_type,
-            "queue": spec.queue if queue is None else handlers_module.check_queue(queue),
-            "priority": spec.priority if priority is None else handlers_module.check_priority(
-                priority
-            ),
-            "max_attempts": spec.max_attempts if max_attempts is None
+        return _new_row(
+            spec,
+            now=now,
+            run_at=when,
+            queue=None if queue is None else handlers_module.check_queue(queue),
+            priority=None if priority is None else handlers_module.check_priority(priority),
+            max_attempts=None if max_attempts is None
             else handlers_module.check_max_attempts(max_attempts),
-            "status": PENDING,
-            "attempts": 0,
-            "orphan_policy": spec.on_orphan,
-            "callback_attempts": 0,
-            "run_at": when,
-            "created_at": now,
-            "updated_at": now,
-        }
+        )
 
     def enqueue(
         self,
