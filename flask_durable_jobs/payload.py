@@ -22,7 +22,13 @@ def _path(parts: list[str | int]) -> str:
 def check(value: t.Any, parts: list[str | int] | None = None, *, root: str = "payload") -> None:
     """Raise ``TypeError`` naming the key path of the first value strict JSON can't carry."""
     parts = [] if parts is None else parts
-    if value is None or isinstance(value, (bool, str, int)):
+    if isinstance(value, str):
+        if "\x00" in value:
+            where = _path(parts).replace("payload", root, 1)
+            raise TypeError(f"{where} contains a NUL character (\\x00), which PostgreSQL"
+                            " cannot store (refused on every database alike)")
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
@@ -31,12 +37,11 @@ def check(value: t.Any, parts: list[str | int] | None = None, *, root: str = "pa
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
+            if not isinstance(key, str) or "\x00" in key:
                 where = _path(parts).replace("payload", root, 1)
-                raise TypeError(
-                    f"{where} has a key {key!r} of type {type(key).__name__};"
-                    " JSON object keys must be strings"
-                )
+                problem = (f"of type {type(key).__name__}; JSON object keys must be strings"
+                           if not isinstance(key, str) else "containing a NUL character")
+                raise TypeError(f"{where} has a key {key!r} {problem}")
             check(item, [*parts, key], root=root)
         return
     if isinstance(value, (list, tuple)):
@@ -62,5 +67,7 @@ def dumps_payload(payload: t.Any) -> str:
 
 def dumps_result(result: t.Any) -> str:
     """Serialise a handler's return value, or raise ``TypeError`` naming the bad type."""
+    if result is None:  # most handlers return nothing
+        return "null"
     check(result, root="result")
     return json.dumps(result, separators=(",", ":"), allow_nan=False)

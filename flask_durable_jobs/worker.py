@@ -229,6 +229,9 @@ class Runner:
 
     def _outcome(self, item: WorkItem, status: str, **fields: t.Any) -> Finish:
         row = item.row
+        error = fields.get("error")
+        if error is not None and "\x00" in error:  # no database text holds NUL
+            fields["error"] = error.replace("\x00", "\\x00")
         duration = None if item.started is None else time.monotonic() - item.started
         return Finish(row.id, row.token, status, job_type=row.job_type, attempt=row.attempts,
                       duration=duration, batch_id=row.batch_id, **fields)

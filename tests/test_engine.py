@@ -66,6 +66,8 @@ def test_enqueue_unknown_type_is_refused(app: Flask, jobs: DurableJobs, db: SQLA
         ({"when": dt.datetime(2020, 1, 1)}, r"payload\['when'\] is a datetime"),
         ({"s": {1, 2}}, r"payload\['s'\] is a set"),
         (["not", "a", "dict"], "payload must be a JSON object"),
+        ({"a": ["x\x00y"]}, r"payload\['a'\]\[0\] contains a NUL character"),
+        ({"a\x00": 1}, r"payload has a key 'a\\x00' containing a NUL character"),
     ],
 )
 def test_payload_strict_json(
@@ -223,6 +225,50 @@ def test_non_json_result_goes_dead(app: Flask, jobs: DurableJobs) -> None:
     done = jobs.get(job.id)
     assert done is not None and done.status == "dead" and done.attempts == 1
     assert "datetime" in (done.last_error or "") and "JSON" in (done.last_error or "")
+
+
+def test_nul_characters_in_errors_and_results_do_not_block_the_batch(
+    app: Flask, jobs: DurableJobs
+) -> None:
+    """PostgreSQL text can't hold NUL: such an outcome must not stop the batch's write."""
+
+    @jobs.handler("raises", max_attempts=1)
+    def raises(payload: dict[str, t.Any]) -> None:
+        raise ValueError("bad\x00byte")
+
+    jobs.handler("returns")(lambda p: {"x": "a\x00b"})
+    jobs.handler("fine")(lambda p: p["n"])
+    raised = jobs.enqueue("raises", {})
+    returned = jobs.enqueue("returns", {})
+    fine = [jobs.enqueue("fine", {"n": n}) for n in range(3)]
+    counts = jobs.process_due()
+    assert counts == {"claimed": 5, "succeeded": 3, "retried": 0, "dead": 2}
+    got = jobs.get(raised.id)
+    assert got is not None and got.status == "dead"
+    assert "ValueError: bad\\x00byte" in (got.last_error or "")
+    got = jobs.get(returned.id)
+    assert got is not None and got.status == "dead"
+    assert "result['x'] contains a NUL character" in (got.last_error or "")
+    assert [jobs.get(j.id).result for j in fine] == [0, 1, 2]  # type: ignore[union-attr]
+
+
+def test_outcome_texts_are_written_verbatim(app: Flask, jobs: DurableJobs) -> None:
+    """Quotes, backslashes, braces, NULL-looking text and newlines survive the batched write."""
+    texts = ['say "hi"', "C:\\temp\\new", "{a,b}", "NULL", "", "line\nbreak\ttab", "é漢🙂"]
+
+    @jobs.handler("t", max_attempts=1)
+    def handler(payload: dict[str, t.Any]) -> str:
+        if payload["fail"]:
+            raise Discard(payload["text"])
+        return t.cast(str, payload["text"])
+
+    ok = [jobs.enqueue("t", {"text": text, "fail": False}) for text in texts]
+    failed = [jobs.enqueue("t", {"text": text, "fail": True}) for text in texts]
+    jobs.drain()
+    assert [jobs.get(j.id).result for j in ok] == texts  # type: ignore[union-attr]
+    assert [jobs.get(j.id).last_error for j in failed] == [  # type: ignore[union-attr]
+        f"Discard: {text}" for text in texts
+    ]
 
 
 def test_discard_goes_dead_at_once(app: Flask, jobs: DurableJobs) -> None:
