@@ -50,7 +50,7 @@ WITH claimed AS (
         LIMIT {BATCH}
         FOR UPDATE SKIP LOCKED
     ))
-    RETURNING j.id, j.job_type, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at,
+    RETURNING j.id, j.job_type, j.payload::text, j.attempts, j.max_attempts, j.priority, j.run_at,
               j.secrets, j.batch_id
 )
 SELECT array_agg(id) AS ids, count(payload) AS n FROM claimed
