@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import threading
 import typing as t
 import uuid
@@ -696,10 +697,14 @@ class DurableJobs:
         return state.runner.run(limit)
 
     def drain(self) -> Counts:
-        """Process due jobs until none is due; returns the summed counts."""
+        """Process due jobs until none is due; returns the summed counts.
+
+        Each call claims batch after batch (no cap on the count), so the next
+        batch is claimed and run while the last one's outcomes are written.
+        """
         total = empty_counts()
         while True:
-            counts = self.process_due()
+            counts = self.process_due(limit=sys.maxsize)
             for key, value in counts.items():
                 total[key] += value
             if counts["claimed"] == 0:

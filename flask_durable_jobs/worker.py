@@ -50,6 +50,9 @@ log = logging.getLogger("flask_durable_jobs")
 #: Work a process claims ahead of its threads, in seconds of average run time.
 PREFETCH_SECONDS = 0.1
 
+#: Jobs that run this quickly on average are handed to the threads in chunks.
+QUICK_JOB_SECONDS = 0.001
+
 #: Longest ``last_error`` kept on a job, in characters (the tail is kept).
 MAX_ERROR_LENGTH = 10_000
 
@@ -77,7 +80,7 @@ class WorkItem:
 
     __slots__ = ("deadline", "done", "lock", "row", "spec", "started", "state")
 
-    def __init__(self, row: ClaimedRow, spec: HandlerSpec, done: queue.Queue[t.Any]) -> None:
+    def __init__(self, row: ClaimedRow, spec: HandlerSpec, done: queue.SimpleQueue[t.Any]) -> None:
         self.row = row
         self.spec = spec
         self.done = done
@@ -90,12 +93,16 @@ class WorkItem:
 class HandlerPool:
     """A fixed number of daemon threads running work items.
 
+    Items come in chunks: a thread runs its chunk's items one after another.
+    Quick jobs travel many to a chunk, so a batch costs a few hand-offs
+    between threads instead of one per job.
+
     Daemon threads let the interpreter exit even if a handler hangs; the
     shutdown path releases those jobs instead of waiting for them.
     """
 
     def __init__(self, size: int, run: t.Callable[[WorkItem], bool], name: str) -> None:
-        self._queue: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[WorkItem] | None] = queue.SimpleQueue()
         self._run = run
         self._name = name
         self._lock = threading.Lock()
@@ -114,14 +121,20 @@ class HandlerPool:
 
     def _main(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            chunk = self._queue.get()
+            if chunk is None:
                 return
-            if not self._run(item):
-                return  # abandoned after a timeout; a replacement was started
+            for index, item in enumerate(chunk):
+                if not self._run(item):
+                    # abandoned after a timeout; a replacement thread was
+                    # started and takes the rest of the chunk
+                    if index + 1 < len(chunk):
+                        self._queue.put(chunk[index + 1:])
+                    return
 
-    def submit(self, item: WorkItem) -> None:
-        self._queue.put(item)
+    def submit(self, items: list[WorkItem], chunk: int = 1) -> None:
+        for start in range(0, len(items), chunk):
+            self._queue.put(items[start:start + chunk])
 
     def replace_one(self) -> None:
         """Start a thread in place of one stuck in a timed-out handler."""
@@ -158,7 +171,7 @@ class Runner:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.pool = HandlerPool(settings.concurrency, self._execute, "durable-jobs")
         self._lock = threading.Lock()
-        self._loops: list[queue.Queue[t.Any]] = []
+        self._loops: list[queue.SimpleQueue[t.Any]] = []
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._closed = False
@@ -212,7 +225,7 @@ class Runner:
                     value = item.spec.func(row.payload)
                 finally:
                     vault._set_current(None)
-                    self.db.session.remove()
+                # Flask-SQLAlchemy removes the job's session as the context pops
         except Discard as exc:
             return self._outcome(item, DEAD, error=vault.scrub(f"Discard: {exc}", secrets))
         except BaseException as exc:
@@ -271,10 +284,30 @@ class Runner:
         ahead = int(threads * PREFETCH_SECONDS / max(average, 1e-6))
         return max(1, min(self.settings.batch_size, threads + ahead))
 
+    def _chunk(self, count: int) -> int:
+        """Items per hand-off: quick jobs are shared out evenly among the
+        threads, slower ones go one by one to whichever thread is free."""
+        average = self._average_run
+        if average is None or average > QUICK_JOB_SECONDS:
+            return 1
+        threads = self.settings.concurrency
+        return max(1, -(-count // threads))
+
+    def _least_claim(self, running: int) -> int:
+        """The fewest jobs worth a claim while ``running`` jobs are in flight.
+
+        Quick jobs are claimed half a batch at a time, not one by one as each
+        ends; when the threads hold no backlog, every free thread is worth one.
+        """
+        size = self.claim_size()
+        if running == 0 or size <= self.settings.concurrency:
+            return 1
+        return max(1, size // 2)
+
     def handled_types(self) -> list[str]:
         return sorted(self.handlers)
 
-    def _claim(self, limit: int, done: queue.Queue[t.Any]) -> list[WorkItem]:
+    def _claim(self, limit: int, done: queue.SimpleQueue[t.Any]) -> list[WorkItem]:
         types = self.handled_types()
         if not types or limit <= 0:
             return []
@@ -308,7 +341,7 @@ class Runner:
         """
         settings = self.settings
         counts = empty_counts()
-        done: queue.Queue[t.Any] = queue.Queue()
+        done: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
         inflight: dict[int, WorkItem] = {}
         pending: list[Finish] = []  # outcomes whose write failed, to retry
         budget = limit
@@ -316,15 +349,19 @@ class Runner:
         heartbeat_every = settings.lease_seconds / 3
         next_heartbeat = time.monotonic() + heartbeat_every
         last_claim = 0.0
+        outcomes: list[Finish] = []  # collected, not yet written (still in inflight)
         with self._lock:
             self._loops.append(done)
         try:
             while True:
-                # 1. claim while there is room, budget and work
-                room = self.claim_size() - len(inflight)
+                # 1. claim while there is room, budget and work; a job whose
+                # outcome only waits to be written leaves its room
+                running = len(inflight) - len(outcomes)
+                room = self.claim_size() - running
                 if budget is not None:
                     room = min(room, budget)
-                if not exhausted and room > 0 and not self._stopping.is_set():
+                if (not exhausted and room >= self._least_claim(running)
+                        and not self._stopping.is_set()):
                     items = self._claim(room, done)
                     last_claim = time.monotonic()
                     counts["claimed"] += len(items)
@@ -334,9 +371,15 @@ class Runner:
                         exhausted = True
                     for item in items:
                         inflight[item.row.id] = item
-                        self.pool.submit(item)
+                    self.pool.submit(items, self._chunk(len(items)))
                     if budget == 0:
                         exhausted = True
+
+                # 2. write outcomes in one statement; the handler threads run
+                # what was just claimed meanwhile
+                if outcomes:
+                    self._write(outcomes, inflight, counts, pending)
+                    outcomes = []
                 if not inflight:
                     with self._lock:
                         if done.empty():
@@ -347,7 +390,12 @@ class Runner:
                         done.get_nowait()  # wake-ups only: nothing is in flight
                     continue
 
-                # 2. wait for outcomes, a deadline, a heartbeat or a wake-up
+                # 3. heartbeat
+                if time.monotonic() >= next_heartbeat:
+                    self._heartbeat(inflight)
+                    next_heartbeat = time.monotonic() + heartbeat_every
+
+                # 4. wait for outcomes, a deadline, a heartbeat or a wake-up
                 now_m = time.monotonic()
                 waits = [next_heartbeat - now_m, 1.0]
                 waits.extend(
@@ -371,7 +419,7 @@ class Runner:
                 except queue.Empty:
                     pass
 
-                # 3. attempts past their timeout fail now
+                # 5. attempts past their timeout fail now
                 now_m = time.monotonic()
                 for item in inflight.values():
                     if item.deadline is not None and now_m >= item.deadline:
@@ -387,15 +435,6 @@ class Runner:
                         log.warning("job %s (%s) timed out", item.row.id, item.row.job_type)
                         outcomes.append(self._failure(item, message))
 
-                # 4. write outcomes in one statement
-                if outcomes:
-                    self._write(outcomes, inflight, counts, pending)
-
-                # 5. heartbeat
-                if time.monotonic() >= next_heartbeat:
-                    self._heartbeat(inflight)
-                    next_heartbeat = time.monotonic() + heartbeat_every
-
                 # 6. polling for new work while jobs run
                 if keep_polling and exhausted and budget != 0 and (
                     time.monotonic() - last_claim >= settings.poll_interval
@@ -404,7 +443,7 @@ class Runner:
 
                 # 7. shutdown: give back what did not finish in time
                 if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
-                    self._release(inflight, done, counts, pending)
+                    self._release(inflight, done, counts, [*pending, *outcomes])
                     with self._lock:
                         self._loops.remove(done)
                     return counts
@@ -473,7 +512,7 @@ class Runner:
     def _release(
         self,
         inflight: dict[int, WorkItem],
-        done: queue.Queue[t.Any],
+        done: queue.SimpleQueue[t.Any],
         counts: Counts,
         pending: list[Finish],
     ) -> None:
@@ -557,7 +596,7 @@ def _send_outcome(app: Flask, o: Finish) -> None:
         signals.send(signals.job_dead, app, error=o.error, **common)
 
 
-def _drain(done: queue.Queue[t.Any]) -> list[t.Any]:
+def _drain(done: queue.SimpleQueue[t.Any]) -> list[t.Any]:
     out = []
     while True:
         try:
