@@ -6,17 +6,19 @@ One :class:`Runner` per app and process. :meth:`Runner.run` is the loop both
 1. claim up to a batch of due jobs of the types this process handles;
 2. hand them to the handler threads (each job in its own app context);
 3. collect outcomes as they come and write them in batches, each write fenced
-   by the claim's lease token;
+   by the claim's lease token, after the next claim, so the threads run the
+   next batch while the write waits on the database;
 4. renew the leases of jobs still in flight (the heartbeat), fail attempts
    that outlive their timeout, and at shutdown give back what did not finish.
 
 A handler thread stuck past its job's timeout cannot be killed in Python; it
 is abandoned (its result is discarded, and refused by the database anyway)
-and a fresh thread takes its place.
+and a fresh thread takes its place, with the rest of its chunk.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -78,7 +80,7 @@ def _format_error(exc: BaseException) -> str:
 class WorkItem:
     """One claimed job on its way through a handler thread."""
 
-    __slots__ = ("deadline", "done", "lock", "row", "spec", "started", "state")
+    __slots__ = ("chunk", "deadline", "done", "lock", "row", "spec", "started", "state")
 
     def __init__(self, row: ClaimedRow, spec: HandlerSpec, done: queue.SimpleQueue[t.Any]) -> None:
         self.row = row
@@ -88,6 +90,8 @@ class WorkItem:
         self.state = _QUEUED
         self.started: float | None = None
         self.deadline: float | None = None
+        #: the items handed to a thread with this one, those not started yet
+        self.chunk: collections.deque[WorkItem] = collections.deque()
 
 
 class HandlerPool:
@@ -102,7 +106,7 @@ class HandlerPool:
     """
 
     def __init__(self, size: int, run: t.Callable[[WorkItem], bool], name: str) -> None:
-        self._queue: queue.SimpleQueue[list[WorkItem] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[collections.deque[WorkItem] | None] = queue.SimpleQueue()
         self._run = run
         self._name = name
         self._lock = threading.Lock()
@@ -124,21 +128,27 @@ class HandlerPool:
             chunk = self._queue.get()
             if chunk is None:
                 return
-            for index, item in enumerate(chunk):
+            while chunk:
+                try:
+                    item = chunk.popleft()
+                except IndexError:  # emptied by the thread that took it over
+                    break
                 if not self._run(item):
-                    # abandoned after a timeout; a replacement thread was
-                    # started and takes the rest of the chunk
-                    if index + 1 < len(chunk):
-                        self._queue.put(chunk[index + 1:])
-                    return
+                    return  # abandoned after a timeout; see replace()
 
     def submit(self, items: list[WorkItem], chunk: int = 1) -> None:
         for start in range(0, len(items), chunk):
-            self._queue.put(items[start:start + chunk])
+            shared: collections.deque[WorkItem] = collections.deque(items[start:start + chunk])
+            for item in shared:
+                item.chunk = shared
+            self._queue.put(shared)
 
-    def replace_one(self) -> None:
-        """Start a thread in place of one stuck in a timed-out handler."""
+    def replace(self, stuck: WorkItem) -> None:
+        """Start a thread in place of the one stuck in ``stuck``'s timed-out
+        handler; the items of its chunk not started yet go with it."""
         self._spawn()
+        if stuck.chunk:
+            self._queue.put(stuck.chunk)
 
     def close(self, size: int) -> None:
         for _ in range(size):
@@ -427,7 +437,7 @@ class Runner:
                             if item.state != _RUNNING:
                                 continue
                             item.state = _ABANDONED
-                        self.pool.replace_one()
+                        self.pool.replace(item)
                         message = (
                             f"JobTimeout: attempt {item.row.attempts} timed out after"
                             f" {item.spec.timeout:g} s (the handler's timeout)"

@@ -380,6 +380,42 @@ def test_timeout_fails_attempt_and_discards_late_result(app: Flask, jobs: Durabl
     assert jobs.get(quick.id).status == "succeeded"  # type: ignore[union-attr]
 
 
+@pytest.mark.config(DURABLE_JOBS_CONCURRENCY=1)
+def test_a_timeout_inside_a_chunk_hands_the_rest_to_the_replacement_thread(
+    app: Flask, jobs: DurableJobs
+) -> None:
+    """Quick jobs travel to the threads in chunks; the jobs queued behind one
+    that times out still run, on the thread that replaces the stuck one."""
+    release = threading.Event()
+
+    @jobs.handler("slow", timeout=0.3, max_attempts=1)
+    def slow(payload: dict[str, t.Any]) -> None:
+        release.wait(10)
+
+    jobs.handler("quick")(lambda p: p["n"])
+    jobs.enqueue_many("quick", [{"n": n} for n in range(20)])
+    assert jobs.process_due()["succeeded"] == 20  # quick on average: chunks from now on
+    state = app.extensions["durable_jobs"]
+    assert state.runner._chunk(10) == 10  # one thread: the whole batch is one chunk
+
+    stuck = jobs.enqueue("slow", {})
+    behind = [jobs.enqueue("quick", {"n": n}) for n in range(5)]
+    result: list[dict[str, int]] = []
+
+    def process() -> None:
+        with app.app_context():
+            result.append(jobs.process_due())
+
+    worker = threading.Thread(target=process)
+    worker.start()
+    worker.join(10)
+    release.set()
+    assert not worker.is_alive(), "the jobs behind the timed-out one never ran"
+    assert result == [{"claimed": 6, "succeeded": 5, "retried": 0, "dead": 1}]
+    assert "timed out" in (jobs.get(stuck.id).last_error or "")  # type: ignore[union-attr]
+    assert [jobs.get(j.id).result for j in behind] == list(range(5))  # type: ignore[union-attr]
+
+
 # -- claiming -----------------------------------------------------------------
 
 
