@@ -303,13 +303,13 @@ class Runner:
         threads = self.settings.concurrency
         return max(1, -(-count // threads))
 
-    def _least_claim(self, running: int) -> int:
-        """The fewest jobs worth a claim while ``running`` jobs are in flight.
+    def _least_claim(self, size: int, running: int) -> int:
+        """The fewest jobs worth a claim while ``running`` of at most ``size``
+        (:meth:`claim_size`) are in flight.
 
         Quick jobs are claimed half a batch at a time, not one by one as each
         ends; when the threads hold no backlog, every free thread is worth one.
         """
-        size = self.claim_size()
         if running == 0 or size <= self.settings.concurrency:
             return 1
         return max(1, size // 2)
@@ -367,10 +367,11 @@ class Runner:
                 # 1. claim while there is room, budget and work; a job whose
                 # outcome only waits to be written leaves its room
                 running = len(inflight) - len(outcomes)
-                room = self.claim_size() - running
+                size = self.claim_size()
+                room = size - running
                 if budget is not None:
                     room = min(room, budget)
-                if (not exhausted and room >= self._least_claim(running)
+                if (not exhausted and room >= self._least_claim(size, running)
                         and not self._stopping.is_set()):
                     items = self._claim(room, done)
                     last_claim = time.monotonic()
