@@ -25,12 +25,9 @@ from flask_durable_jobs import ConfigError, Discard, DurableJobs, callbacks
 from flask_durable_jobs.masking import MASK
 from flask_durable_jobs.models import TABLE_NAME
 from flask_durable_jobs.testing import move_time
+from tests.procs.callback_app import Received, Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.procs.callback_app import Received, Receiver  # noqa: E402
 
 SECRET = "test-callback-signing-secret"
 HOSTS = ["127.0.0.1"]

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import typing as t
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_durable_jobs.testing import move_time
+from tests.helpers import wait_for
 
 requests = pytest.importorskip("requests")
 
@@ -48,17 +48,6 @@ def example_env(tmp_path: Path, database_url: str | None = None) -> dict[str, st
         FLASK_DURABLE_JOBS_SHUTDOWN_TIMEOUT="2",
     )
     return env
-
-
-def wait_for(what: str, check: t.Callable[[], t.Any], timeout: float) -> t.Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Server:

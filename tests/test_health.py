@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import threading
-import time
 import typing as t
 
 import pytest
@@ -16,6 +15,7 @@ from flask import Flask
 from flask_durable_jobs import DurableJobs, admin
 from flask_durable_jobs.scheduler import NEVER
 from flask_durable_jobs.store import Store
+from tests.helpers import wait_for
 
 PREFIX = "/admin/jobs"
 TOKEN = "health-token"
@@ -37,24 +37,19 @@ def state(app: Flask) -> t.Any:
     return app.extensions["durable_jobs"]
 
 
-def wait_for(condition: t.Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def settle(scheduler: t.Any) -> None:
     """Wait until the first ticks have fired and finished.
 
     A tick still in flight when the scheduler is stopped may open a database
     connection after the test's teardown; waiting keeps each test to itself.
     """
-    wait_for(lambda: scheduler.last_tick is not None and scheduler.last_sweep is not None)
-    wait_for(lambda: not any(
+    wait_for("the first tick and sweep",
+             lambda: scheduler.last_tick is not None and scheduler.last_sweep is not None,
+             10, interval=0.02)
+    wait_for("the ticks in flight to end", lambda: not any(
         thread.name == "durable-jobs-tick" and thread.is_alive()
         for thread in threading.enumerate()
-    ))
+    ), 10, interval=0.02)
 
 
 def check_schema(client: t.Any, response: t.Any) -> None:
@@ -117,7 +112,8 @@ def test_stalled_tick_is_503_and_recovers(app: Flask, api: t.Any, jobs: DurableJ
 
         # Resumed, it runs the missed tick at once.
         scheduler._aps.resume()
-        wait_for(lambda: api.get(f"{PREFIX}/health").status_code == 200)
+        wait_for("health to answer 200",
+                 lambda: api.get(f"{PREFIX}/health").status_code == 200, 10, interval=0.02)
         settle(scheduler)
     finally:
         jobs.stop()

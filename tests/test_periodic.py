@@ -19,6 +19,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs
 from flask_durable_jobs.periodic import ON_TIME, Schedule, describe, tick
+from tests.helpers import wait_for
 
 UTC = dt.timezone.utc
 ROOT = Path(__file__).resolve().parent.parent
@@ -350,14 +351,11 @@ def test_scheduler_ticks_the_schedules(app: Flask, noop: DurableJobs) -> None:
     noop.periodic("* * * * * *", "report")
     noop.start()
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            done = [job for job in noop.list_jobs()[0] if job.status == "succeeded"]
-            if len(done) >= 2:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"the scheduler ran no periodic job: {noop.list_jobs()[0]}")
+        wait_for(
+            "two periodic jobs run by the scheduler",
+            lambda: len([j for j in noop.list_jobs()[0] if j.status == "succeeded"]) >= 2,
+            10, details=lambda: repr(noop.list_jobs()[0]),
+        )
     finally:
         noop.stop()
     times = fire_times(noop)

@@ -12,9 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import sys
 import typing as t
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -25,12 +23,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_durable_jobs import ConfigError, Discard, DurableJobs, callbacks, job_secrets
 from flask_durable_jobs.models import TABLE_NAME
 from flask_durable_jobs.testing import move_time
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.procs.callback_app import Receiver  # noqa: E402
+from tests.procs.callback_app import Receiver
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
