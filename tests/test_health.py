@@ -119,9 +119,11 @@ def test_stalled_tick_is_503_and_recovers(app: Flask, api: t.Any, jobs: DurableJ
         jobs.stop()
 
 
-def test_dead_scheduler_is_503(
-    app: Flask, api: t.Any, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def dead_scheduler(
+    app: Flask, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch
+) -> t.Iterator[None]:
+    """The scheduler started in this process, then dead under it."""
     jobs.start()
     try:
         settle(state(app).scheduler)
@@ -129,14 +131,18 @@ def test_dead_scheduler_is_503(
         aps.shutdown(wait=False)
         # jobs.stop() shuts it down again; APScheduler refuses that twice.
         monkeypatch.setattr(aps, "shutdown", lambda wait=True: None)
-        response = api.get(f"{PREFIX}/health")
-        assert response.status_code == 503
-        body = response.get_json()
-        assert body["healthy"] is False and body["scheduler"] == "dead"
-        assert body["problems"] == ["the scheduler started in this process is no longer running"]
-        check_schema(api, response)
+        yield
     finally:
         jobs.stop()
+
+
+def test_dead_scheduler_is_503(api: t.Any, dead_scheduler: None) -> None:
+    response = api.get(f"{PREFIX}/health")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["healthy"] is False and body["scheduler"] == "dead"
+    assert body["problems"] == ["the scheduler started in this process is no longer running"]
+    check_schema(api, response)
 
 
 def test_disabled_scheduler_is_healthy(app: Flask, api: t.Any) -> None:
@@ -261,17 +267,7 @@ def test_cli_unhealthy_exits_1(app: Flask, jobs: DurableJobs) -> None:
     assert body["healthy"] is False and body["due_count"] == 1
 
 
-def test_cli_dead_scheduler_exits_1(
-    app: Flask, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    jobs.start()
-    try:
-        settle(state(app).scheduler)
-        aps = state(app).scheduler._aps
-        aps.shutdown(wait=False)
-        monkeypatch.setattr(aps, "shutdown", lambda wait=True: None)
-        result = app.test_cli_runner().invoke(args=["jobs", "health"])
-        assert result.exit_code == 1
-        assert json.loads(result.output)["scheduler"] == "dead"
-    finally:
-        jobs.stop()
+def test_cli_dead_scheduler_exits_1(app: Flask, dead_scheduler: None) -> None:
+    result = app.test_cli_runner().invoke(args=["jobs", "health"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["scheduler"] == "dead"
