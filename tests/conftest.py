@@ -18,6 +18,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs
+from tests.helpers import close
 
 PG_ADMIN_URL = os.environ.get(
     "DURABLE_JOBS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -110,10 +111,7 @@ def app(
         try:
             yield app
         finally:
-            jobs.stop()
-            db.session.remove()
-            for engine in db.engines.values():
-                engine.dispose()
+            close(jobs, db)
 
 
 @pytest.fixture

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import typing as t
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_durable_jobs import DurableJobs
 
 
 def wait_for(
@@ -28,3 +34,34 @@ def wait_for(
             extra = f"\n{details()}" if details is not None else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+def close(jobs: DurableJobs, db: SQLAlchemy) -> None:
+    """Stop an app's scheduler and close its connections (inside its app context)."""
+    jobs.stop()
+    db.session.remove()
+    for engine in db.engines.values():
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def another_app(
+    database_url: str, jobs: DurableJobs | None = None, *, name: str = "another_app",
+    **config: t.Any,
+) -> t.Iterator[DurableJobs]:
+    """A second app on the same database - another process, as far as the
+    database knows - with the scheduler off and its app context pushed."""
+    db = SQLAlchemy()
+    jobs = DurableJobs() if jobs is None else jobs
+    app = Flask(name)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False, TESTING=True,
+        **config,
+    )
+    db.init_app(app)
+    jobs.init_app(app, db=db)
+    with app.app_context():
+        try:
+            yield jobs
+        finally:
+            close(jobs, db)

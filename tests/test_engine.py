@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import Discard, DurableJobs, InvalidTransition, JobNotFound
+from tests.helpers import another_app
 
 UTC = dt.timezone.utc
 
@@ -425,22 +426,12 @@ def test_unhandled_types_wait_and_are_reported(
     jobs.handler("old")(lambda p: None)
     job = jobs.enqueue("old", {})
     # A newer process no longer has the handler: it never claims or kills the job.
-    other_app = Flask("newer")
-    other_app.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False)
-    other_db = SQLAlchemy()
-    newer = DurableJobs()
-    newer.handler("new")(lambda p: None)
-    other_db.init_app(other_app)
-    newer.init_app(other_app, db=other_db)
-    with other_app.app_context():
-        try:
-            assert newer.drain()["claimed"] == 0
-            stats = newer.stats()
-            assert stats["unhandled"] == {"old": 1}
-            assert stats["by_status"]["pending"] == 1
-        finally:
-            newer.stop()
-            other_db.engine.dispose()
+    with another_app(database_url, name="newer") as newer:
+        newer.handler("new")(lambda p: None)
+        assert newer.drain()["claimed"] == 0
+        stats = newer.stats()
+        assert stats["unhandled"] == {"old": 1}
+        assert stats["by_status"]["pending"] == 1
     assert jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
     assert jobs.stats()["unhandled"] == {}
     assert jobs.drain()["succeeded"] == 1

@@ -16,6 +16,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_durable_jobs import Discard, DurableJobs, config, signals
 from flask_durable_jobs.errors import ConfigError
 from flask_durable_jobs.store import Store
+from tests.helpers import close
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry, Counter, generate_latest  # noqa: E402
@@ -157,9 +158,7 @@ def second_app(database_url: str, db: SQLAlchemy, jobs: DurableJobs, **config: t
 
 def dispose(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
     with app.app_context():
-        jobs.stop()
-        for engine in db.engines.values():
-            engine.dispose()
+        close(jobs, db)
 
 
 def test_two_apps_share_one_registry(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import typing as t
 
 import pytest
@@ -12,6 +13,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs, signals
 from flask_durable_jobs.testing import move_time, reset_time
+from tests.helpers import another_app
 
 
 @pytest.fixture
@@ -186,16 +188,8 @@ def test_new_jobs_from_another_process_wake_the_scheduler(
     started = threading.Event()
     jobs.handler("t")(lambda p: started.set())
     jobs.start()
-    other = Flask("producer")
-    other.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False)
-    other_db = SQLAlchemy(other)
-    producer = DurableJobs(other, db=other_db)
-    producer.handler("t")(lambda p: None)
-    import time
-
     time.sleep(0.5)  # the first tick has run and found nothing; LISTEN is up
-    with other.app_context():
+    with another_app(database_url, name="producer") as producer:
+        producer.handler("t")(lambda p: None)
         producer.enqueue("t", {})
-        producer.stop()
-        other_db.engine.dispose()
     assert started.wait(10), "the watcher should wake the scheduler well before 60 s"

@@ -23,6 +23,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_durable_jobs import ConfigError, Discard, DurableJobs, callbacks, job_secrets
 from flask_durable_jobs.models import TABLE_NAME
 from flask_durable_jobs.testing import move_time
+from tests.helpers import another_app
 from tests.procs.callback_app import Receiver
 
 KEY_A = Fernet.generate_key().decode()
@@ -137,23 +138,8 @@ def handlers(jobs: DurableJobs, seen: Seen) -> DurableJobs:
 @contextlib.contextmanager
 def other_app(database_url: str, seen: Seen, **config: t.Any) -> t.Iterator[DurableJobs]:
     """A second app on the same database with its own config, its context pushed."""
-    db2 = SQLAlchemy()
-    jobs2 = register(DurableJobs(), seen)
-    app2 = Flask("other_app")
-    app2.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False, TESTING=True,
-        **config,
-    )
-    db2.init_app(app2)
-    jobs2.init_app(app2, db=db2)
-    with app2.app_context():
-        try:
-            yield jobs2
-        finally:
-            jobs2.stop()
-            db2.session.remove()
-            for engine in db2.engines.values():
-                engine.dispose()
+    with another_app(database_url, register(DurableJobs(), seen), **config) as jobs2:
+        yield jobs2
 
 
 def get(jobs: DurableJobs, job_id: int) -> t.Any:
@@ -464,17 +450,9 @@ def test_a_process_without_a_key_leaves_secret_jobs_waiting(
     job = jobs.enqueue("t", {}, secrets={"github_token": TOKEN})
     plain = jobs.enqueue("t", {})
 
-    keyless_app = Flask("keyless")
-    keyless_app.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False)
-    keyless_db = SQLAlchemy(keyless_app)
-    keyless = DurableJobs(keyless_app, db=keyless_db)
-    keyless.handler("t")(lambda p: got.append(job_secrets()))
-    with keyless_app.app_context():
-        try:
-            assert keyless.drain()["succeeded"] == 1  # only the job without secrets
-        finally:
-            keyless.stop()
-            keyless_db.engine.dispose()
+    with another_app(database_url, name="keyless") as keyless:
+        keyless.handler("t")(lambda p: got.append(job_secrets()))
+        assert keyless.drain()["succeeded"] == 1  # only the job without secrets
     assert jobs.get(plain.id).status == "succeeded"  # type: ignore[union-attr]
     assert jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
     assert jobs.drain()["succeeded"] == 1
