@@ -301,20 +301,9 @@ class Store(abc.ABC):
         existing job is returned: the unique constraint decides, also between
         processes.
         """
-        key = values.get("idempotency_key")
         # The session's own connection: the caller's transaction, without the
         # ORM's per-statement machinery (enqueue is on the request path).
-        conn = session.connection()
-        if key is None:
-            job_id = conn.execute(self._insert, values).scalar_one()
-            return self._job_from(job_id, values), True
-        job_id = conn.execute(self._insert_once, values).scalar()
-        if job_id is not None:
-            return self._job_from(job_id, values), True
-        existing = session.execute(
-            sa.select(*self._columns).where(self.table.c.idempotency_key == key)
-        ).one()
-        return self.to_job(existing), False
+        return self._insert_on(session.connection(), values)
 
     def insert_now(
         self, values: dict[str, t.Any], engine: sa.Engine | None = None
@@ -322,14 +311,17 @@ class Store(abc.ABC):
         """Insert one job in a transaction of its own, on ``engine`` (by default
         the library's own, when it :attr:`autocommits` durably)."""
         with (engine or self.engine).begin() as conn:
-            key = values.get("idempotency_key")
-            job_id = conn.execute(self._insert if key is None else self._insert_once,
-                                  values).scalar()
-            if job_id is not None:
-                return self._job_from(job_id, values), True
-            existing = conn.execute(
-                sa.select(*self._columns).where(self.table.c.idempotency_key == key)
-            ).one()
+            return self._insert_on(conn, values)
+
+    def _insert_on(self, conn: sa.Connection, values: dict[str, t.Any]) -> tuple[Job, bool]:
+        key = values.get("idempotency_key")
+        job_id = conn.execute(self._insert if key is None else self._insert_once,
+                              values).scalar()
+        if job_id is not None:
+            return self._job_from(job_id, values), True
+        existing = conn.execute(
+            sa.select(*self._columns).where(self.table.c.idempotency_key == key)
+        ).one()
         return self.to_job(existing), False
 
     def _job_from(self, job_id: int, values: dict[str, t.Any]) -> Job:
