@@ -255,9 +255,6 @@ BATCH_TABLE_NAME = "durable_jobs_batches"
 
 def define_batch_table(metadata: sa.MetaData) -> sa.Table:
     """Batches: jobs enqueued together, and the job to run when all have ended."""
-    existing = metadata.tables.get(BATCH_TABLE_NAME)
-    if existing is not None:
-        return existing
     return sa.Table(
         BATCH_TABLE_NAME,
         metadata,
@@ -266,4 +263,5 @@ def define_batch_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("on_complete_payload", _json_type(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+        keep_existing=True,  # defined once per metadata; later calls get it
     )

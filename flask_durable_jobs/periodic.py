@@ -119,9 +119,6 @@ _WEEKDAY_TOKEN = re.compile(r"^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(\d+))?$")
 
 def define_table(metadata: sa.MetaData) -> sa.Table:
     """The schedule watermark table on ``metadata``, defined the first time."""
-    existing = metadata.tables.get(TABLE_NAME)
-    if existing is not None:
-        return existing
     return sa.Table(
         TABLE_NAME,
         metadata,
@@ -130,6 +127,7 @@ def define_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("timezone", sa.String(64), nullable=False),
         sa.Column("last_fire_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        keep_existing=True,  # defined once per metadata; later calls get it
     )
 
 

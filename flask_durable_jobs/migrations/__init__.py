@@ -19,14 +19,12 @@ SCRIPT_LOCATION = str(pathlib.Path(__file__).resolve().parent)
 
 def define_version_table(metadata: sa.MetaData) -> sa.Table:
     """The version table, on the app's metadata so autogenerate leaves it alone."""
-    existing = metadata.tables.get(VERSION_TABLE)
-    if existing is not None:
-        return existing
     return sa.Table(
         VERSION_TABLE,
         metadata,
         sa.Column("version_num", sa.String(32), nullable=False),
         sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+        keep_existing=True,  # defined once per metadata; later calls get it
     )
 
 
