@@ -4,6 +4,7 @@ docs/testing.rst tells users to test theirs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_durable_jobs.testing import move_time
-from tests.helpers import wait_for
+from tests.helpers import close, wait_for
 
 requests = pytest.importorskip("requests")
 
@@ -112,7 +113,8 @@ class Server:
         self.log.close()
 
 
-def flask_command(tmp_path: Path, env: dict[str, str], *args: str) -> None:
+def flask_command(tmp_path: Path, env: dict[str, str], *args: str) -> str:
+    """Run ``flask --app example_app ARGS`` in ``tmp_path``; return its output."""
     done = subprocess.run(
         [FLASK, "--app", "example_app", *args],
         cwd=tmp_path,
@@ -122,6 +124,7 @@ def flask_command(tmp_path: Path, env: dict[str, str], *args: str) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -287,16 +290,8 @@ def test_example_under_gunicorn_runs_each_job_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_example_cli_works_without_a_server(tmp_path: Path) -> None:
-    env = example_env(tmp_path)
-    stats = subprocess.run(
-        [FLASK, "--app", "example_app", "jobs", "stats"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert stats.returncode == 0, stats.stdout + stats.stderr
+    stats = json.loads(flask_command(tmp_path, example_env(tmp_path), "jobs", "stats"))
+    assert stats["total"] == 0 and sum(stats["by_status"].values()) == 0
 
 
 # -- in-process, as docs/testing.rst describes ---------------------------------
@@ -324,10 +319,7 @@ def example(
         try:
             yield app, jobs
         finally:
-            jobs.stop()
-            db.session.remove()
-            for engine in db.engines.values():
-                engine.dispose()
+            close(jobs, db)
 
 
 def test_example_jobs_run_with_drain(example: t.Any) -> None:
