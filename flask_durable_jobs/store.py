@@ -30,6 +30,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import threading
 import time
 import typing as t
 
@@ -192,6 +193,7 @@ class Store(abc.ABC):
     def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
         self.engine = engine
         self.table = table
+        self._local = threading.local()
         self.batches = batches
         self._columns = [table.c[name] for name in JOB_COLUMNS]
         # Built once: enqueue is on the request path.
@@ -240,9 +242,29 @@ class Store(abc.ABC):
         return Job(**data)
 
     @contextlib.contextmanager
+    def pinned(self) -> t.Iterator[None]:
+        """Keep one pooled connection for this thread's hot-path statements.
+
+        A worker loop sends two statements per batch; checking a connection
+        out of the pool and back in around each one costs more Python time
+        than building the statement.
+        """
+        if getattr(self._local, "conn", None) is not None:
+            yield  # already pinned by an outer loop on this thread
+            return
+        self._local.conn = self.engine.raw_connection()
+        try:
+            yield
+        finally:
+            conn, self._local.conn = self._local.conn, None
+            if conn is not None:
+                conn.close()
+
+    @contextlib.contextmanager
     def _raw(self) -> t.Iterator[t.Any]:
         """A raw driver cursor inside one write transaction."""
-        conn = self.engine.raw_connection()
+        pinned = getattr(self._local, "conn", None)
+        conn = pinned or self.engine.raw_connection()
         try:
             cur = conn.cursor()
             self._begin(cur)
@@ -251,13 +273,16 @@ class Store(abc.ABC):
             except BaseException:
                 if _is_broken(conn.driver_connection):
                     conn.invalidate()  # never hand a dead connection out again
+                    if pinned is not None:  # closed below; the next statement checks out anew
+                        self._local.conn = pinned = None
                 else:
                     self._rollback(conn, cur)
                 raise
             self._commit(conn, cur)
             cur.close()
         finally:
-            conn.close()
+            if pinned is None:
+                conn.close()
 
     @contextlib.contextmanager
     def transaction(self) -> t.Iterator[sa.Connection]:

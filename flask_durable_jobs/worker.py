@@ -347,8 +347,13 @@ class Runner:
 
         ``limit`` caps how many jobs are claimed in all. With ``keep_polling``
         (the scheduler's tick), the loop also looks for newly due jobs every
-        poll interval while earlier ones are still running.
+        poll interval while earlier ones are still running. The loop keeps one
+        database connection for its claims and writes.
         """
+        with self.store.pinned():
+            return self._loop(limit, keep_polling)
+
+    def _loop(self, limit: int | None, keep_polling: bool) -> Counts:
         settings = self.settings
         counts = empty_counts()
         done: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
