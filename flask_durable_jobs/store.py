@@ -189,6 +189,10 @@ class Store(abc.ABC):
     #: app's would (PostgreSQL). On SQLite they trade the last commits before
     #: a power cut for speed, which suits finishing jobs but not enqueueing.
     autocommits = False
+    #: Two connections can write at once without waiting on each other: a
+    #: loop's outcome write runs beside its next claim (PostgreSQL; SQLite
+    #: has one writer at a time).
+    concurrent_writes = False
 
     def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
         self.engine = engine
@@ -783,6 +787,7 @@ def _text_array(values: t.Iterable[str | None]) -> str:
 class PostgresStore(Store):
     dialect = "postgresql"
     autocommits = True
+    concurrent_writes = True
 
     def watch(self) -> Watcher:
         import psycopg

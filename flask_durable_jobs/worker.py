@@ -6,8 +6,9 @@ One :class:`Runner` per app and process. :meth:`Runner.run` is the loop both
 1. claim up to a batch of due jobs of the types this process handles;
 2. hand them to the handler threads (each job in its own app context);
 3. collect outcomes as they come and write them in batches, each write fenced
-   by the claim's lease token, after the next claim, so the threads run the
-   next batch while the write waits on the database;
+   by the claim's lease token; the handler threads run the next batch while
+   the write waits on the database, and on PostgreSQL the write runs on a
+   second connection while the loop claims the batch after;
 4. renew the leases of jobs still in flight (the heartbeat), fail attempts
    that outlive their timeout, and at shutdown give back what did not finish.
 
@@ -19,6 +20,7 @@ and a fresh thread takes its place, with the rest of its chunk.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import queue
@@ -153,6 +155,44 @@ class HandlerPool:
     def close(self, size: int) -> None:
         for _ in range(size):
             self._queue.put(None)
+
+
+class Writer:
+    """A thread with its own connection that runs one loop's outcome writes,
+    so that a write and the loop's next claim wait on the database at once."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._calls: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._main, name="durable-jobs-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _main(self) -> None:
+        with self._store.pinned():
+            while True:
+                call = self._calls.get()
+                if call is None:
+                    return
+                future, outcomes, now = call
+                try:
+                    future.set_result(self._store.finish(outcomes, now))
+                except BaseException as exc:  # handed to the loop, which logs it
+                    future.set_exception(exc)
+
+    def finish(
+        self, outcomes: list[Finish], now: dt.datetime
+    ) -> concurrent.futures.Future[set[int]]:
+        future: concurrent.futures.Future[set[int]] = concurrent.futures.Future()
+        self._calls.put((future, outcomes, now))
+        return future
+
+    def close(self) -> None:
+        """Stop, once the connection is back in the pool (every write the
+        loop made is settled before it closes the writer)."""
+        self._calls.put(None)
+        self._thread.join(timeout=10)
 
 
 class Runner:
@@ -351,9 +391,16 @@ class Runner:
         database connection for its claims and writes.
         """
         with self.store.pinned():
-            return self._loop(limit, keep_polling)
+            writer = _Lazy(lambda: Writer(self.store)) if self.store.concurrent_writes else None
+            try:
+                return self._loop(limit, keep_polling, writer)
+            finally:
+                if writer is not None and writer.made is not None:
+                    writer.made.close()
 
-    def _loop(self, limit: int | None, keep_polling: bool) -> Counts:
+    def _loop(
+        self, limit: int | None, keep_polling: bool, writer: _Lazy[Writer] | None
+    ) -> Counts:
         settings = self.settings
         counts = empty_counts()
         done: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
@@ -365,13 +412,15 @@ class Runner:
         next_heartbeat = time.monotonic() + heartbeat_every
         last_claim = 0.0
         outcomes: list[Finish] = []  # collected, not yet written (still in inflight)
+        # being written by the writer thread (still in inflight)
+        writing: tuple[list[Finish], concurrent.futures.Future[set[int]]] | None = None
         with self._lock:
             self._loops.append(done)
         try:
             while True:
                 # 1. claim while there is room, budget and work; a job whose
                 # outcome only waits to be written leaves its room
-                running = len(inflight) - len(outcomes)
+                running = len(inflight) - len(outcomes) - (len(writing[0]) if writing else 0)
                 size = self.claim_size()
                 room = size - running
                 if budget is not None:
@@ -392,10 +441,19 @@ class Runner:
                         exhausted = True
 
                 # 2. write outcomes in one statement; the handler threads run
-                # what was just claimed meanwhile
+                # what was just claimed meanwhile. A write on the writer's
+                # connection has run beside the claim above: settle it first.
+                if writing is not None and (outcomes or len(writing[0]) == len(inflight)):
+                    self._write(*writing, inflight, counts, pending)
+                    writing = None
                 if outcomes:
-                    self._write(outcomes, inflight, counts, pending)
+                    if writer is not None:
+                        writing = outcomes, writer.get().finish(outcomes, self.clock())
+                    else:
+                        self._write(outcomes, None, inflight, counts, pending)
                     outcomes = []
+                    if writing is not None and len(writing[0]) == len(inflight):
+                        continue  # nothing else runs: claim beside the write
                 if not inflight:
                     with self._lock:
                         if done.empty():
@@ -406,8 +464,11 @@ class Runner:
                         done.get_nowait()  # wake-ups only: nothing is in flight
                     continue
 
-                # 3. heartbeat
+                # 3. heartbeat (after the write in progress: it clears leases)
                 if time.monotonic() >= next_heartbeat:
+                    if writing is not None:
+                        self._write(*writing, inflight, counts, pending)
+                        writing = None
                     self._heartbeat(inflight)
                     next_heartbeat = time.monotonic() + heartbeat_every
 
@@ -459,6 +520,9 @@ class Runner:
 
                 # 7. shutdown: give back what did not finish in time
                 if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
+                    if writing is not None:
+                        self._write(*writing, inflight, counts, pending)
+                        writing = None
                     self._release(inflight, done, counts, [*pending, *outcomes])
                     with self._lock:
                         self._loops.remove(done)
@@ -474,12 +538,16 @@ class Runner:
     def _write(
         self,
         outcomes: list[Finish],
+        future: concurrent.futures.Future[set[int]] | None,
         inflight: dict[int, WorkItem],
         counts: Counts,
         pending: list[Finish],
     ) -> None:
+        """Write outcomes (or take the result of their write on the writer
+        thread, ``future``); then count them, signal and complete batches."""
         try:
-            written = self.store.finish(outcomes, self.clock())
+            written = (self.store.finish(outcomes, self.clock()) if future is None
+                       else future.result())
         except Exception:
             log.exception("writing %d job outcomes failed; will retry", len(outcomes))
             pending.extend(outcomes)
@@ -487,7 +555,11 @@ class Runner:
             return
         kept = []
         for outcome in outcomes:
-            inflight.pop(outcome.id, None)
+            item = inflight.get(outcome.id)
+            # a retry written by the writer thread may be claimed again before
+            # its write is settled here: that new claim stays in flight
+            if item is not None and item.row.token == outcome.token:
+                del inflight[outcome.id]
             if outcome.id not in written:
                 log.warning(
                     "job %s: lease lost before its outcome (%s) was written; discarded",
@@ -534,7 +606,7 @@ class Runner:
     ) -> None:
         finished = [got[1] for got in _drain(done) if got is not _WAKE]
         if finished or pending:
-            self._write([*pending, *finished], inflight, counts, [])
+            self._write([*pending, *finished], None, inflight, counts, [])
         held = []
         for item in inflight.values():
             with item.lock:
@@ -619,3 +691,19 @@ def _drain(done: queue.SimpleQueue[t.Any]) -> list[t.Any]:
             out.append(done.get_nowait())
         except queue.Empty:
             return out
+
+
+T = t.TypeVar("T")
+
+
+class _Lazy(t.Generic[T]):
+    """Made on first use: a loop that never writes starts no writer thread."""
+
+    def __init__(self, make: t.Callable[[], T]) -> None:
+        self._make = make
+        self.made: T | None = None
+
+    def get(self) -> T:
+        if self.made is None:
+            self.made = self._make()
+        return self.made
