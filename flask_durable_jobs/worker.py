@@ -158,41 +158,64 @@ class HandlerPool:
 
 
 class Writer:
-    """A thread with its own connection that runs one loop's outcome writes,
-    so that a write and the loop's next claim wait on the database at once."""
+    """Writes one loop's outcomes, one batch in flight at a time.
+
+    Where two connections can write at once (PostgreSQL), the write runs on a
+    thread with its own connection, started on first use, so that the write
+    and the loop's next claim wait on the database together; otherwise
+    (SQLite) it runs at once on the loop's connection. Either way the loop
+    settles it later (:meth:`take`): counts, signals, batches.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._calls: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(
-            target=self._main, name="durable-jobs-writer", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._future: concurrent.futures.Future[set[int]] | None = None
+        #: the outcomes of the write in flight (still in flight for the loop)
+        self.writing: list[Finish] = []
+
+    def start(self, outcomes: list[Finish], now: dt.datetime) -> None:
+        future: concurrent.futures.Future[set[int]] = concurrent.futures.Future()
+        if self._store.concurrent_writes:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._main, name="durable-jobs-writer", daemon=True
+                )
+                self._thread.start()
+            self._calls.put((future, outcomes, now))
+        else:
+            self._finish(future, outcomes, now)
+        self.writing, self._future = outcomes, future
+
+    def take(self) -> tuple[list[Finish], concurrent.futures.Future[set[int]]] | None:
+        """The write in flight, to settle; ``None`` if there is none."""
+        if self._future is None:
+            return None
+        taken = self.writing, self._future
+        self.writing, self._future = [], None
+        return taken
+
+    def _finish(
+        self, future: concurrent.futures.Future[set[int]], outcomes: list[Finish],
+        now: dt.datetime,
+    ) -> None:
+        try:
+            future.set_result(self._store.finish(outcomes, now))
+        except BaseException as exc:  # handed to the loop, which logs it
+            future.set_exception(exc)
 
     def _main(self) -> None:
         with self._store.pinned():
-            while True:
-                call = self._calls.get()
-                if call is None:
-                    return
-                future, outcomes, now = call
-                try:
-                    future.set_result(self._store.finish(outcomes, now))
-                except BaseException as exc:  # handed to the loop, which logs it
-                    future.set_exception(exc)
-
-    def finish(
-        self, outcomes: list[Finish], now: dt.datetime
-    ) -> concurrent.futures.Future[set[int]]:
-        future: concurrent.futures.Future[set[int]] = concurrent.futures.Future()
-        self._calls.put((future, outcomes, now))
-        return future
+            while (call := self._calls.get()) is not None:
+                self._finish(*call)
 
     def close(self) -> None:
-        """Stop, once the connection is back in the pool (every write the
-        loop made is settled before it closes the writer)."""
-        self._calls.put(None)
-        self._thread.join(timeout=10)
+        """Stop the thread, once its connection is back in the pool (the loop
+        settles every write before it closes the writer)."""
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread.join(timeout=10)
 
 
 class Runner:
@@ -391,16 +414,13 @@ class Runner:
         database connection for its claims and writes.
         """
         with self.store.pinned():
-            writer = _Lazy(lambda: Writer(self.store)) if self.store.concurrent_writes else None
+            writer = Writer(self.store)
             try:
                 return self._loop(limit, keep_polling, writer)
             finally:
-                if writer is not None and writer.made is not None:
-                    writer.made.close()
+                writer.close()
 
-    def _loop(
-        self, limit: int | None, keep_polling: bool, writer: _Lazy[Writer] | None
-    ) -> Counts:
+    def _loop(self, limit: int | None, keep_polling: bool, writer: Writer) -> Counts:
         settings = self.settings
         counts = empty_counts()
         done: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
@@ -412,15 +432,13 @@ class Runner:
         next_heartbeat = time.monotonic() + heartbeat_every
         last_claim = 0.0
         outcomes: list[Finish] = []  # collected, not yet written (still in inflight)
-        # being written by the writer thread (still in inflight)
-        writing: tuple[list[Finish], concurrent.futures.Future[set[int]]] | None = None
         with self._lock:
             self._loops.append(done)
         try:
             while True:
                 # 1. claim while there is room, budget and work; a job whose
                 # outcome only waits to be written leaves its room
-                running = len(inflight) - len(outcomes) - (len(writing[0]) if writing else 0)
+                running = len(inflight) - len(outcomes) - len(writer.writing)
                 size = self.claim_size()
                 room = size - running
                 if budget is not None:
@@ -441,18 +459,14 @@ class Runner:
                         exhausted = True
 
                 # 2. write outcomes in one statement; the handler threads run
-                # what was just claimed meanwhile. A write on the writer's
-                # connection has run beside the claim above: settle it first.
-                if writing is not None and (outcomes or len(writing[0]) == len(inflight)):
-                    self._write(*writing, inflight, counts, pending)
-                    writing = None
+                # what was just claimed meanwhile. The previous write (on
+                # PostgreSQL, run beside the claim above) is settled first.
+                if writer.writing and (outcomes or len(writer.writing) == len(inflight)):
+                    self._settle(writer, inflight, counts, pending)
                 if outcomes:
-                    if writer is not None:
-                        writing = outcomes, writer.get().finish(outcomes, self.clock())
-                    else:
-                        self._write(outcomes, None, inflight, counts, pending)
+                    writer.start(outcomes, self.clock())
                     outcomes = []
-                    if writing is not None and len(writing[0]) == len(inflight):
+                    if len(writer.writing) == len(inflight):
                         continue  # nothing else runs: claim beside the write
                 if not inflight:
                     with self._lock:
@@ -466,9 +480,7 @@ class Runner:
 
                 # 3. heartbeat (after the write in progress: it clears leases)
                 if time.monotonic() >= next_heartbeat:
-                    if writing is not None:
-                        self._write(*writing, inflight, counts, pending)
-                        writing = None
+                    self._settle(writer, inflight, counts, pending)
                     self._heartbeat(inflight)
                     next_heartbeat = time.monotonic() + heartbeat_every
 
@@ -520,10 +532,8 @@ class Runner:
 
                 # 7. shutdown: give back what did not finish in time
                 if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
-                    if writing is not None:
-                        self._write(*writing, inflight, counts, pending)
-                        writing = None
-                    self._release(inflight, done, counts, [*pending, *outcomes])
+                    self._settle(writer, inflight, counts, pending)
+                    self._release(inflight, done, counts, [*pending, *outcomes], writer)
                     with self._lock:
                         self._loops.remove(done)
                     return counts
@@ -535,19 +545,21 @@ class Runner:
             # leases lapse and the sweep recovers them if nobody writes them.
             raise
 
-    def _write(
+    def _settle(
         self,
-        outcomes: list[Finish],
-        future: concurrent.futures.Future[set[int]] | None,
+        writer: Writer,
         inflight: dict[int, WorkItem],
         counts: Counts,
         pending: list[Finish],
     ) -> None:
-        """Write outcomes (or take the result of their write on the writer
-        thread, ``future``); then count them, signal and complete batches."""
+        """Take the writer's write in flight, if any: count what it wrote,
+        signal and complete batches; keep what failed to write for a retry."""
+        taken = writer.take()
+        if taken is None:
+            return
+        outcomes, future = taken
         try:
-            written = (self.store.finish(outcomes, self.clock()) if future is None
-                       else future.result())
+            written = future.result()
         except Exception:
             log.exception("writing %d job outcomes failed; will retry", len(outcomes))
             pending.extend(outcomes)
@@ -556,8 +568,8 @@ class Runner:
         kept = []
         for outcome in outcomes:
             item = inflight.get(outcome.id)
-            # a retry written by the writer thread may be claimed again before
-            # its write is settled here: that new claim stays in flight
+            # a retry may be claimed again before its write is settled here:
+            # that new claim stays in flight
             if item is not None and item.row.token == outcome.token:
                 del inflight[outcome.id]
             if outcome.id not in written:
@@ -603,10 +615,12 @@ class Runner:
         done: queue.SimpleQueue[t.Any],
         counts: Counts,
         pending: list[Finish],
+        writer: Writer,
     ) -> None:
         finished = [got[1] for got in _drain(done) if got is not _WAKE]
         if finished or pending:
-            self._write([*pending, *finished], None, inflight, counts, [])
+            writer.start([*pending, *finished], self.clock())
+            self._settle(writer, inflight, counts, [])
         held = []
         for item in inflight.values():
             with item.lock:
@@ -692,18 +706,3 @@ def _drain(done: queue.SimpleQueue[t.Any]) -> list[t.Any]:
         except queue.Empty:
             return out
 
-
-T = t.TypeVar("T")
-
-
-class _Lazy(t.Generic[T]):
-    """Made on first use: a loop that never writes starts no writer thread."""
-
-    def __init__(self, make: t.Callable[[], T]) -> None:
-        self._make = make
-        self.made: T | None = None
-
-    def get(self) -> T:
-        if self.made is None:
-            self.made = self._make()
-        return self.made
