@@ -197,8 +197,8 @@ class Store(abc.ABC):
     def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
         self.engine = engine
         self.table = table
-        self._local = threading.local()
         self.batches = batches
+        self._local = threading.local()  # the connection pinned by this thread, if any
         self._columns = [table.c[name] for name in JOB_COLUMNS]
         # Built once: enqueue is on the request path.
         self._insert = sa.insert(table).returning(table.c.id)
@@ -936,12 +936,12 @@ class PostgresStore(Store):
 class SQLiteStore(Store):
     dialect = "sqlite"
 
-    def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
-        super().__init__(engine, table, batches)
-        self._plain_inserts: dict[tuple[str, ...], str] = {}
-
     #: Seconds between two looks at the file's change counter.
     WATCH_INTERVAL = 0.02
+
+    def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
+        super().__init__(engine, table, batches)
+        self._plain_inserts: dict[tuple[str, ...], str] = {}  # by column names
 
     def watch(self) -> Watcher:
         import sqlite3
@@ -1005,27 +1005,15 @@ class SQLiteStore(Store):
                 f"INSERT INTO {self.table.name} ({', '.join(names)})"
                 f" VALUES ({', '.join('?' * len(names))}) RETURNING id"
             )
-        stamps: dict[int, str | None] = {}  # created_at, updated_at and run_at: often one
-        params = []
-        for name, v in values.items():
-            if name == "payload":
-                v = json.dumps(v)
-            elif isinstance(v, dt.datetime):
-                v = stamps.get(id(v)) or stamps.setdefault(id(v), self._ts(v))
-            params.append(v)
-        conn = engine.raw_connection()
-        try:
-            cur = conn.cursor()
-            try:
-                cur.execute(sql, params)
-                job_id = cur.fetchone()[0]  # type: ignore[index]  # RETURNING: one row
-                cur.close()
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-        finally:
-            conn.close()
+        params = [
+            json.dumps(v) if name == "payload" else self._ts(v) if isinstance(v, dt.datetime)
+            else v
+            for name, v in values.items()
+        ]
+        with contextlib.closing(engine.raw_connection()) as conn:
+            driver: t.Any = conn.driver_connection  # sqlite3's
+            with driver:  # commits, or rolls back on error
+                job_id = driver.execute(sql, params).fetchone()[0]  # RETURNING: one row
         return self._job_from(job_id, values), True
 
     def claim(
