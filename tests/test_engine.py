@@ -506,6 +506,44 @@ def test_heartbeat_keeps_a_long_job_leased(app: Flask, jobs: DurableJobs) -> Non
     assert jobs.get(job.id).result == "done"  # type: ignore[union-attr]
 
 
+def test_a_failed_outcome_write_is_written_again(
+    app: Flask, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch, caplog: t.Any
+) -> None:
+    """The database refuses an outcome write once (on PostgreSQL the write
+    runs on the writer's thread): the loop keeps those outcomes and writes
+    them again; every job ends succeeded, run once, counted once."""
+    runs: list[int] = []
+    jobs.handler("t")(lambda p: runs.append(p["n"]))
+    jobs.enqueue_many("t", [{"n": n} for n in range(30)])
+    store = state(app).store
+    real_finish = store.finish
+    failures = []
+
+    def finish(outcomes: t.Any, now: t.Any) -> t.Any:
+        if not failures:
+            failures.append(len(outcomes))
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("connection reset"))
+        return real_finish(outcomes, now)
+
+    monkeypatch.setattr(store, "finish", finish)
+    drained: list[dict[str, int]] = []
+
+    def drain() -> None:
+        with app.app_context():
+            drained.append(jobs.drain())
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the refused outcomes were never written again"
+    counts = drained[0]
+    assert failures and failures[0] > 0
+    assert "writing" in caplog.text and "will retry" in caplog.text
+    assert counts["claimed"] == counts["succeeded"] == 30
+    assert sorted(runs) == list(range(30))
+    assert jobs.stats()["by_status"]["succeeded"] == 30
+
+
 def test_sweep_and_fencing(app: Flask, jobs: DurableJobs) -> None:
     jobs.handler("t", max_attempts=2)(lambda p: None)
     job = jobs.enqueue("t", {})
