@@ -209,6 +209,7 @@ class State:
                 runner.close()
             store, self._store = self._store, None
         if store is not None:
+            store.close_connections()
             with self.app.app_context():
                 app_engine = self.db.engine
             if store.engine is not app_engine:
@@ -221,6 +222,7 @@ class State:
         self._runner = None
         if self._store is not None:
             self._store.engine.dispose(close=False)
+            self._store.close_connections(close=False)
             self._store = None
         if self.start_policy == AFTER_FORK:
             self.start_policy = NOW

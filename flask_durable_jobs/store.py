@@ -25,6 +25,7 @@ wait for it through the busy timeout, so "database is locked" never surfaces.
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -61,6 +62,13 @@ log = logging.getLogger("flask_durable_jobs")
 
 #: Seconds SQLite waits for the write lock before giving up.
 SQLITE_BUSY_TIMEOUT = 60.0
+#: Idle SQLite connections kept per app engine for enqueues that commit on
+#: their own (more are opened while more threads enqueue at once).
+ENQUEUE_IDLE_CONNECTIONS = 4
+#: Connections left behind by a fork, kept from being closed in the child.
+_FORGOTTEN: list[t.Any] = []
+#: A Job's fields before the inserted values fill them in.
+_NEW_JOB: dict[str, t.Any] = {**dict.fromkeys(JOB_COLUMNS), "callback_attempts": 0}
 #: Rows deleted per statement when pruning, so no lock is held for long.
 PRUNE_BATCH = 1000
 #: Orphans recovered per statement by the sweep.
@@ -73,7 +81,6 @@ BULK_SHARED_COLUMNS = (
     "job_type", "queue", "status", "priority", "max_attempts", "attempts", "orphan_policy",
     "callback_attempts", "run_at", "created_at", "updated_at", "batch_id",
 )
-_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclasses.dataclass
@@ -118,6 +125,11 @@ def _is_broken(driver_conn: t.Any) -> bool:
     return bool(getattr(driver_conn, "broken", False) or getattr(driver_conn, "closed", False))
 
 
+def _in_memory(url: sa.URL) -> bool:
+    """An SQLite database that lives in one connection (or one process)."""
+    return (url.database or "") in ("", ":memory:") or "mode=memory" in str(url)
+
+
 def build_engine(
     app_engine: sa.Engine, pool_size: int, connect_args: dict[str, t.Any] | None = None
 ) -> sa.Engine:
@@ -144,8 +156,7 @@ def build_engine(
             connect_args=dict(connect_args or {}),
         )
     if backend == "sqlite":
-        database = url.database or ""
-        if database in ("", ":memory:") or "mode=memory" in str(url):
+        if _in_memory(url):
             return app_engine
         engine = sa.create_engine(
             url,
@@ -310,6 +321,9 @@ class Store(abc.ABC):
                 raise
             conn.commit()
 
+    def close_connections(self, *, close: bool = True) -> None:  # noqa: B027
+        """Close connections this store keeps outside its engine (SQLite)."""
+
     def _begin(self, cur: t.Any) -> None:  # noqa: B027 - no-op where statements autocommit
         """Start the write transaction."""
 
@@ -355,10 +369,9 @@ class Store(abc.ABC):
 
     def _job_from(self, job_id: int, values: dict[str, t.Any]) -> Job:
         """The Job just inserted, from what was sent: no columns to read back."""
-        fields: dict[str, t.Any] = dict.fromkeys(JOB_COLUMNS)
-        fields.update((k, v) for k, v in values.items() if k in fields)
-        fields["id"] = job_id
-        fields["callback_attempts"] = values.get("callback_attempts", 0)
+        fields = {**_NEW_JOB, **values, "id": job_id}
+        for name in values.keys() - _NEW_JOB.keys():  # columns a Job does not show
+            del fields[name]
         return Job(**fields)
 
     def insert_many(
@@ -942,6 +955,9 @@ class SQLiteStore(Store):
     def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
         super().__init__(engine, table, batches)
         self._plain_inserts: dict[tuple[str, ...], str] = {}  # by column names
+        #: idle connections for enqueues that commit on their own, by app
+        #: engine; see :meth:`_enqueue_connection`
+        self._enqueue_idle: dict[sa.Engine, collections.deque[t.Any]] = {}
 
     def watch(self) -> Watcher:
         import sqlite3
@@ -988,15 +1004,19 @@ class SQLiteStore(Store):
     def _ts(value: dt.datetime | None) -> str | None:
         if value is None:
             return None
-        return value.astimezone(UTC).replace(tzinfo=None).strftime(_SQLITE_FORMAT)
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        # the text SQLAlchemy stores for a DATETIME: microseconds always shown
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def insert_now(
         self, values: dict[str, t.Any], engine: sa.Engine | None = None
     ) -> tuple[Job, bool]:
-        """On the app's engine, one plain INSERT on a raw driver connection:
+        """On the app's database, one plain INSERT that commits on its own:
         an enqueue outside a transaction is mostly Python time around the
         commit's sync, and the statement is the same for every job."""
-        if engine is None or values.get("idempotency_key") is not None:
+        if (engine is None or values.get("idempotency_key") is not None
+                or engine.dialect.driver != "pysqlite" or _in_memory(engine.url)):
             return super().insert_now(values, engine)
         names = tuple(values)
         sql = self._plain_inserts.get(names)
@@ -1005,16 +1025,76 @@ class SQLiteStore(Store):
                 f"INSERT INTO {self.table.name} ({', '.join(names)})"
                 f" VALUES ({', '.join('?' * len(names))}) RETURNING id"
             )
-        params = [
-            json.dumps(v) if name == "payload" else self._ts(v) if isinstance(v, dt.datetime)
-            else v
-            for name, v in values.items()
-        ]
-        with contextlib.closing(engine.raw_connection()) as conn:
-            driver: t.Any = conn.driver_connection  # sqlite3's
-            with driver:  # commits, or rolls back on error
-                job_id = driver.execute(sql, params).fetchone()[0]  # RETURNING: one row
+        stamps: dict[int, str | None] = {}  # run_at, created_at, updated_at: often one value
+        params = []
+        for name, value in values.items():
+            if name == "payload":
+                value = json.dumps(value)
+            elif isinstance(value, dt.datetime):
+                text = stamps.get(id(value))
+                if text is None:
+                    text = stamps[id(value)] = self._ts(value)
+                value = text
+            params.append(value)
+        with self._enqueue_connection(engine) as conn:
+            job_id = conn.execute(sql, params).fetchone()[0]  # RETURNING: one row
         return self._job_from(job_id, values), True
+
+    @contextlib.contextmanager
+    def _enqueue_connection(self, engine: sa.Engine) -> t.Iterator[t.Any]:
+        """A ``sqlite3`` connection to the app's database in autocommit mode,
+        taken from this store's idle ones or opened like the app's own.
+
+        One ``INSERT`` in autocommit mode is a transaction of its own, with no
+        ``BEGIN``/``COMMIT`` around it, and keeping idle connections here spares
+        a check-out and check-in of the app's pool per enqueue; together about
+        a fifth of a standalone enqueue's time on a fast disk. A connection is
+        opened with the app engine's connection arguments, and copies the
+        durability (``PRAGMA synchronous``) and busy timeout of one of the
+        app's own connections, so a job is as durable as the app's writes.
+        """
+        idle = self._enqueue_idle.get(engine)
+        if idle is None:
+            idle = self._enqueue_idle.setdefault(engine, collections.deque())
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self._open_like(engine)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()  # whatever it holds, it goes
+            raise
+        if len(idle) < ENQUEUE_IDLE_CONNECTIONS:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    @staticmethod
+    def _open_like(engine: sa.Engine) -> t.Any:
+        import sqlite3
+
+        args, params = engine.dialect.create_connect_args(engine.url)
+        with contextlib.closing(engine.raw_connection()) as app_conn:
+            driver: t.Any = app_conn.driver_connection
+            synchronous = int(driver.execute("PRAGMA synchronous").fetchone()[0])
+            busy_timeout = int(driver.execute("PRAGMA busy_timeout").fetchone()[0])
+        connect: t.Any = sqlite3.connect
+        conn = connect(*args, **{**params, "isolation_level": None, "check_same_thread": False})
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout}")
+        return conn
+
+    def close_connections(self, *, close: bool = True) -> None:
+        """Close the idle enqueue connections (``close=False`` in a forked
+        child: forget them, as SQLite must not touch a parent's connections)."""
+        stashes, self._enqueue_idle = self._enqueue_idle, {}
+        for idle in stashes.values():
+            if close:
+                for conn in idle:
+                    conn.close()
+            else:
+                _FORGOTTEN.extend(idle)
 
     def claim(
         self,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sqlite3
 import threading
 import time
 import typing as t
@@ -846,6 +848,111 @@ def test_an_enqueue_on_its_own_stores_what_one_in_a_transaction_stores(
             payload, at, "mail", -3)
         assert stored.created_at == job.created_at
     assert jobs.get(now_alone.id).run_at == now_alone.run_at  # type: ignore[union-attr]
+
+
+def _sqlite_app(path: t.Any) -> tuple[Flask, SQLAlchemy, DurableJobs]:
+    app = Flask("sqlite_app")
+    app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{path}", DURABLE_JOBS_SCHEDULER=False)
+    db, jobs = SQLAlchemy(), DurableJobs()
+    db.init_app(app)
+    jobs.init_app(app, db=db)
+    jobs.handler("t")(lambda p: None)
+    with app.app_context():
+        db.create_all()
+    return app, db, jobs
+
+
+@pytest.mark.parametrize("app_setting", [None, 3])
+def test_a_standalone_sqlite_enqueue_is_as_durable_as_the_apps_writes(
+    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch, app_setting: int | None
+) -> None:
+    """An enqueue that commits alone on SQLite uses a connection of its own; it
+    syncs as the app's connections do (by default FULL; here also EXTRA, set by
+    the app), not as the library's own (NORMAL)."""
+    app, db, jobs = _sqlite_app(tmp_path / "jobs.db")
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recording_connect(*args: t.Any, **kwargs: t.Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
+    with app.app_context():
+        if app_setting is not None:
+            sa.event.listen(db.engine, "connect", lambda conn, _record: conn.execute(
+                f"PRAGMA synchronous={app_setting}"))
+            db.engine.dispose()
+        with db.engine.connect() as conn:
+            apps = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        assert apps == (2 if app_setting is None else app_setting)
+        with jobs._state().store.engine.connect() as conn:  # the library's own: NORMAL
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        opened.clear()
+        job = jobs.enqueue("t", {"n": 1})
+        assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in opened] == [apps]
+        assert jobs.get(job.id) is not None
+        jobs.stop()
+
+
+def test_standalone_sqlite_enqueues_from_many_threads_are_all_stored(tmp_path: t.Any) -> None:
+    app, _db, jobs = _sqlite_app(tmp_path / "jobs.db")
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def enqueue_some(worker: int) -> None:
+        try:
+            with app.app_context():
+                for n in range(40):
+                    ids.append(jobs.enqueue("t", {"worker": worker, "n": n}).id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue_some, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with app.app_context():
+        stored = {(j.payload["worker"], j.payload["n"]) for j in jobs.list_jobs(per_page=200)[0]}
+        assert jobs.list_jobs()[1] == len(set(ids)) == 320
+        assert len(stored) == 200  # one page: the payloads are distinct
+        jobs.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_enqueues_on_connections_of_its_own(
+    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process forked after its parent enqueued (gunicorn's preload) does not
+    write through the parent's SQLite connections; both go on enqueueing."""
+    app, _db, jobs = _sqlite_app(tmp_path / "jobs.db")
+    with app.app_context():
+        first = jobs.enqueue("t", {"who": "parent"})
+    opened: list[t.Any] = []
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or connect(*a, **k))
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            with app.app_context():
+                jobs.enqueue("t", {"who": "child"})
+                code = 0 if opened else 2  # 2: it used a connection of its parent's
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with app.app_context():
+        last = jobs.enqueue("t", {"who": "parent again"})
+        listed, total = jobs.list_jobs()
+        assert total == 3
+        assert [j.payload["who"] for j in sorted(listed, key=lambda j: j.id)] == [
+            "parent", "child", "parent again"]
+        assert last.id > first.id
+        jobs.stop()
 
 
 @pytest.mark.config(DURABLE_JOBS_POLL_INTERVAL=0.05, DURABLE_JOBS_CONCURRENCY=4)
