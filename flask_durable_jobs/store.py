@@ -31,6 +31,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import operator
 import threading
 import time
 import typing as t
@@ -67,6 +68,10 @@ SQLITE_BUSY_TIMEOUT = 60.0
 ENQUEUE_IDLE_CONNECTIONS = 4
 #: Connections left behind by a fork, kept from being closed in the child.
 _FORGOTTEN: list[t.Any] = []
+#: A positional parameter in driver SQL, by DB-API paramstyle.
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+#: The order a claim's rows start in: the claim query's (priority, run_at, id).
+_CLAIM_ORDER = operator.itemgetter(5, 6, 0)
 #: A Job's fields before the inserted values fill them in.
 _NEW_JOB: dict[str, t.Any] = {**dict.fromkeys(JOB_COLUMNS), "callback_attempts": 0}
 #: Rows deleted per statement when pruning, so no lock is held for long.
@@ -87,7 +92,7 @@ BULK_SHARED_COLUMNS = (
 class ClaimedRow:
     id: int
     job_type: str
-    payload: dict[str, t.Any]
+    payload: str  # JSON text, decoded on the handler's thread
     attempts: int
     max_attempts: int
     priority: int
@@ -223,6 +228,7 @@ class Store(abc.ABC):
             .returning(table.c.id)
         )
         self._insert_many = self._bulk_insert_statement()
+        self._plain_inserts: dict[tuple[tuple[str, ...], str], str] = {}
 
     def _bulk_insert_statement(self) -> sa.TextClause:
         c = self.table.c
@@ -358,6 +364,15 @@ class Store(abc.ABC):
 
     def _insert_on(self, conn: sa.Connection, values: dict[str, t.Any]) -> tuple[Job, bool]:
         key = values.get("idempotency_key")
+        mark = _MARKS.get(conn.dialect.paramstyle)
+        if key is None and mark is not None:
+            # SQL written once per column set and sent as is (SQLAlchemy still
+            # wraps errors and fires its events): a request's enqueue skips
+            # compiling and processing the statement's parameters.
+            job_id = conn.exec_driver_sql(
+                self._plain_insert(tuple(values), mark), self._driver_params(values)
+            ).scalar_one()
+            return self._job_from(job_id, values), True
         job_id = conn.execute(self._insert if key is None else self._insert_once,
                               values).scalar()
         if job_id is not None:
@@ -366,6 +381,24 @@ class Store(abc.ABC):
             sa.select(*self._columns).where(self.table.c.idempotency_key == key)
         ).one()
         return self.to_job(existing), False
+
+    #: The payload's place in a plain INSERT; ``{}`` is the parameter mark.
+    _payload_mark = "{}"
+
+    def _plain_insert(self, names: tuple[str, ...], mark: str) -> str:
+        """``INSERT ... RETURNING id`` of one job with these columns."""
+        sql = self._plain_inserts.get((names, mark))
+        if sql is None:
+            marks = (self._payload_mark.format(mark) if n == "payload" else mark for n in names)
+            sql = self._plain_inserts[names, mark] = (
+                f"INSERT INTO {self.table.name} ({', '.join(names)})"
+                f" VALUES ({', '.join(marks)}) RETURNING id"
+            )
+        return sql
+
+    def _driver_params(self, values: dict[str, t.Any]) -> tuple[t.Any, ...]:
+        """``values`` as the driver takes them: the payload as JSON text."""
+        return tuple(json.dumps(v) if n == "payload" else v for n, v in values.items())
 
     def _job_from(self, job_id: int, values: dict[str, t.Any]) -> Job:
         """The Job just inserted, from what was sent: no columns to read back."""
@@ -799,6 +832,7 @@ def _text_array(values: t.Iterable[str | None]) -> str:
 
 class PostgresStore(Store):
     dialect = "postgresql"
+    _payload_mark = "CAST({} AS JSONB)"
     autocommits = True
     concurrent_writes = True
 
@@ -855,14 +889,12 @@ class PostgresStore(Store):
         with self._raw() as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
-        # payload as text: json.loads on a str skips the driver's per-value
-        # encoding detection on bytes
-        claimed = [
-            ClaimedRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], token, r[7], r[8])
-            for r in rows
+        rows.sort(key=_CLAIM_ORDER)
+        # payload as text, decoded by the handler's thread: the claiming
+        # thread is the one every job of the batch waits for
+        return [
+            ClaimedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], token, r[7], r[8]) for r in rows
         ]
-        claimed.sort(key=lambda r: (r.priority, r.run_at, r.id))
-        return claimed
 
     def finish(self, outcomes: t.Sequence[Finish], now: dt.datetime) -> set[int]:
         if not outcomes:
@@ -954,7 +986,6 @@ class SQLiteStore(Store):
 
     def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
         super().__init__(engine, table, batches)
-        self._plain_inserts: dict[tuple[str, ...], str] = {}  # by column names
         #: idle connections for enqueues that commit on their own, by app
         #: engine; see :meth:`_enqueue_connection`
         self._enqueue_idle: dict[sa.Engine, collections.deque[t.Any]] = {}
@@ -1018,13 +1049,14 @@ class SQLiteStore(Store):
         if (engine is None or values.get("idempotency_key") is not None
                 or engine.dialect.driver != "pysqlite" or _in_memory(engine.url)):
             return super().insert_now(values, engine)
-        names = tuple(values)
-        sql = self._plain_inserts.get(names)
-        if sql is None:
-            sql = self._plain_inserts[names] = (
-                f"INSERT INTO {self.table.name} ({', '.join(names)})"
-                f" VALUES ({', '.join('?' * len(names))}) RETURNING id"
-            )
+        sql = self._plain_insert(tuple(values), "?")
+        with self._enqueue_connection(engine) as conn:
+            # RETURNING: one row
+            job_id = conn.execute(sql, self._driver_params(values)).fetchone()[0]
+        return self._job_from(job_id, values), True
+
+    def _driver_params(self, values: dict[str, t.Any]) -> tuple[t.Any, ...]:
+        """Datetimes as the text SQLAlchemy stores for them, too."""
         stamps: dict[int, str | None] = {}  # run_at, created_at, updated_at: often one value
         params = []
         for name, value in values.items():
@@ -1036,9 +1068,7 @@ class SQLiteStore(Store):
                     text = stamps[id(value)] = self._ts(value)
                 value = text
             params.append(value)
-        with self._enqueue_connection(engine) as conn:
-            job_id = conn.execute(sql, params).fetchone()[0]  # RETURNING: one row
-        return self._job_from(job_id, values), True
+        return tuple(params)
 
     @contextlib.contextmanager
     def _enqueue_connection(self, engine: sa.Engine) -> t.Iterator[t.Any]:
@@ -1135,13 +1165,11 @@ class SQLiteStore(Store):
         with self._raw() as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
-        claimed = [
-            ClaimedRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], as_utc(r[6]), token, r[7],
-                       r[8])
+        rows.sort(key=_CLAIM_ORDER)  # run_at as stored: text in time order
+        return [
+            ClaimedRow(r[0], r[1], r[2], r[3], r[4], r[5], as_utc(r[6]), token, r[7], r[8])
             for r in rows
         ]
-        claimed.sort(key=lambda r: (r.priority, r.run_at, r.id))
-        return claimed
 
     def finish(self, outcomes: t.Sequence[Finish], now: dt.datetime) -> set[int]:
         if not outcomes:

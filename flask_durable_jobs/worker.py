@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import logging
 import os
 import queue
@@ -62,6 +63,7 @@ MAX_ERROR_LENGTH = 10_000
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
 _WAKE = object()
+_NO_CHUNK: collections.deque[t.Any] = collections.deque(maxlen=0)
 
 Counts = dict[str, int]
 
@@ -93,7 +95,8 @@ class WorkItem:
         self.started: float | None = None
         self.deadline: float | None = None
         #: the items handed to a thread with this one, those not started yet
-        self.chunk: collections.deque[WorkItem] = collections.deque()
+        #: (set by HandlerPool.submit)
+        self.chunk: collections.deque[WorkItem] = _NO_CHUNK
 
 
 class HandlerPool:
@@ -290,12 +293,13 @@ class Runner:
         except vault.SecretsUnavailable as exc:
             return self._outcome(item, DEAD, error=f"SecretsUnavailable: {exc}")
         try:
+            payload = json.loads(row.payload)
             with self.app.app_context():
                 signals.send(signals.job_started, self.app, job_id=row.id,
-                             job_type=row.job_type, attempt=row.attempts, payload=row.payload)
+                             job_type=row.job_type, attempt=row.attempts, payload=payload)
                 vault._set_current(secrets)
                 try:
-                    value = item.spec.func(row.payload)
+                    value = item.spec.func(payload)
                 finally:
                     vault._set_current(None)
                 # Flask-SQLAlchemy removes the job's session as the context pops
@@ -565,21 +569,24 @@ class Runner:
             pending.extend(outcomes)
             time.sleep(0.2)
             return
-        kept = []
+        pop = inflight.pop
         for outcome in outcomes:
-            item = inflight.get(outcome.id)
+            item = pop(outcome.id, None)
             # a retry may be claimed again before its write is settled here:
             # that new claim stays in flight
-            if item is not None and item.row.token == outcome.token:
-                del inflight[outcome.id]
-            if outcome.id not in written:
-                log.warning(
-                    "job %s: lease lost before its outcome (%s) was written; discarded",
-                    outcome.id, outcome.status,
-                )
-                continue
-            counts[_COUNT_KEYS[outcome.status]] += 1
-            kept.append(outcome)
+            if item is not None and item.row.token != outcome.token:
+                inflight[outcome.id] = item
+        kept = outcomes
+        if len(written) != len(outcomes):
+            kept = [o for o in outcomes if o.id in written]
+            for outcome in outcomes:
+                if outcome.id not in written:
+                    log.warning(
+                        "job %s: lease lost before its outcome (%s) was written; discarded",
+                        outcome.id, outcome.status,
+                    )
+        for status, number in collections.Counter(o.status for o in kept).items():
+            counts[_COUNT_KEYS[status]] += number
         if kept and _outcome_receivers():
             with self.app.app_context():
                 for outcome in kept:
