@@ -569,24 +569,21 @@ class Runner:
             pending.extend(outcomes)
             time.sleep(0.2)
             return
-        pop = inflight.pop
+        kept = []
         for outcome in outcomes:
-            item = pop(outcome.id, None)
+            item = inflight.get(outcome.id)
             # a retry may be claimed again before its write is settled here:
             # that new claim stays in flight
-            if item is not None and item.row.token != outcome.token:
-                inflight[outcome.id] = item
-        kept = outcomes
-        if len(written) != len(outcomes):
-            kept = [o for o in outcomes if o.id in written]
-            for outcome in outcomes:
-                if outcome.id not in written:
-                    log.warning(
-                        "job %s: lease lost before its outcome (%s) was written; discarded",
-                        outcome.id, outcome.status,
-                    )
-        for status, number in collections.Counter(o.status for o in kept).items():
-            counts[_COUNT_KEYS[status]] += number
+            if item is not None and item.row.token == outcome.token:
+                del inflight[outcome.id]
+            if outcome.id not in written:
+                log.warning(
+                    "job %s: lease lost before its outcome (%s) was written; discarded",
+                    outcome.id, outcome.status,
+                )
+                continue
+            counts[_COUNT_KEYS[outcome.status]] += 1
+            kept.append(outcome)
         if kept and _outcome_receivers():
             with self.app.app_context():
                 for outcome in kept:
