@@ -1057,18 +1057,10 @@ class SQLiteStore(Store):
 
     def _driver_params(self, values: dict[str, t.Any]) -> tuple[t.Any, ...]:
         """Datetimes as the text SQLAlchemy stores for them, too."""
-        stamps: dict[int, str | None] = {}  # run_at, created_at, updated_at: often one value
-        params = []
-        for name, value in values.items():
-            if name == "payload":
-                value = json.dumps(value)
-            elif isinstance(value, dt.datetime):
-                text = stamps.get(id(value))
-                if text is None:
-                    text = stamps[id(value)] = self._ts(value)
-                value = text
-            params.append(value)
-        return tuple(params)
+        return tuple(
+            json.dumps(v) if n == "payload" else self._ts(v) if isinstance(v, dt.datetime) else v
+            for n, v in values.items()
+        )
 
     @contextlib.contextmanager
     def _enqueue_connection(self, engine: sa.Engine) -> t.Iterator[t.Any]:
@@ -1083,9 +1075,7 @@ class SQLiteStore(Store):
         durability (``PRAGMA synchronous``) and busy timeout of one of the
         app's own connections, so a job is as durable as the app's writes.
         """
-        idle = self._enqueue_idle.get(engine)
-        if idle is None:
-            idle = self._enqueue_idle.setdefault(engine, collections.deque())
+        idle = self._enqueue_idle.setdefault(engine, collections.deque())
         try:
             conn = idle.pop()
         except IndexError:
