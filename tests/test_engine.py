@@ -808,12 +808,13 @@ def test_enqueue_commit_with_an_idle_session(app: Flask, jobs: DurableJobs, db: 
 
 @pytest.mark.config(DURABLE_JOBS_SECRET_KEY="k" * 43 + "=", DURABLE_JOBS_CALLBACK_SECRET="s",
                     DURABLE_JOBS_CALLBACK_HOSTS=["example.com"])
-def test_an_enqueue_on_its_own_stores_what_one_in_a_transaction_stores(
+def test_every_enqueue_path_stores_the_same_row(
     app: Flask, jobs: DurableJobs, db: SQLAlchemy
 ) -> None:
-    """An enqueue that commits alone takes a shorter path than one inside the
-    caller's transaction; the rows they write are the same, column by column,
-    raw as the database holds them, and read back the same."""
+    """An enqueue that commits alone and one inside the caller's transaction
+    send SQL of their own; an enqueue with an idempotency key goes through
+    SQLAlchemy's typed INSERT. The rows all three write are the same, column
+    by column, raw as the database holds them, and read back the same."""
     jobs.handler("t")(lambda p: None)
     at = dt.datetime(2031, 5, 6, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     options: dict[str, t.Any] = dict(
@@ -825,23 +826,25 @@ def test_an_enqueue_on_its_own_stores_what_one_in_a_transaction_stores(
     assert not db.session().in_transaction()
     together = jobs.enqueue("t", payload, commit=False, **options)
     db.session.commit()
-    # run_at and created_at are different objects here: the plain defaults too
+    keyed = jobs.enqueue("t", payload, idempotency_key="once", **options)
+    # run_at and created_at differ above; here both are the enqueue's clock
     now_alone = jobs.enqueue("t", {})
     with db.engine.connect() as conn:
         rows = {
             r.id: r._asdict()
             for r in conn.execute(sa.text("SELECT * FROM durable_jobs ORDER BY id"))
         }
-    differ = {"id", "created_at", "updated_at", "secrets"}  # secrets: a new nonce each time
-    first, second = rows[alone.id], rows[together.id]
-    assert {k: v for k, v in first.items() if k not in differ} == {
-        k: v for k, v in second.items() if k not in differ
-    }
-    assert type(first["created_at"]) is type(second["created_at"])
+    # secrets: a new nonce each time
+    differ = {"id", "created_at", "updated_at", "secrets", "idempotency_key"}
+    first, second, typed = rows[alone.id], rows[together.id], rows[keyed.id]
+    assert typed["idempotency_key"] == "once"
+    same = [{k: v for k, v in row.items() if k not in differ} for row in (first, second, typed)]
+    assert same[0] == same[1] == same[2]
+    assert type(first["created_at"]) is type(second["created_at"]) is type(typed["created_at"])
     if isinstance(first["created_at"], str):  # SQLite: text that compares in time order
         assert len(first["created_at"]) == len(second["created_at"]) == 26
-        assert len(rows[now_alone.id]["run_at"]) == 26
-    for job in (alone, together):
+        assert len(typed["created_at"]) == len(rows[now_alone.id]["run_at"]) == 26
+    for job in (alone, together, keyed):
         stored = jobs.get(job.id)
         assert stored is not None
         assert (stored.payload, stored.run_at, stored.queue, stored.priority) == (
