@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -853,26 +854,18 @@ def test_every_enqueue_path_stores_the_same_row(
     assert jobs.get(now_alone.id).run_at == now_alone.run_at  # type: ignore[union-attr]
 
 
-def _sqlite_app(path: t.Any) -> tuple[Flask, SQLAlchemy, DurableJobs]:
-    app = Flask("sqlite_app")
-    app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{path}", DURABLE_JOBS_SCHEDULER=False)
-    db, jobs = SQLAlchemy(), DurableJobs()
-    db.init_app(app)
-    jobs.init_app(app, db=db)
-    jobs.handler("t")(lambda p: None)
-    with app.app_context():
-        db.create_all()
-    return app, db, jobs
+@contextlib.contextmanager
+def sqlite_jobs(tmp_path: t.Any) -> t.Iterator[DurableJobs]:
+    """An app of its own on an SQLite file, tables made, handler ``t`` registered."""
+    with another_app(f"sqlite:///{tmp_path / 'jobs.db'}", name="sqlite_app") as jobs:
+        jobs.handler("t")(lambda p: None)
+        state(current_app).db.create_all()
+        yield jobs
 
 
-@pytest.mark.parametrize("app_setting", [None, 3])
-def test_a_standalone_sqlite_enqueue_is_as_durable_as_the_apps_writes(
-    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch, app_setting: int | None
-) -> None:
-    """An enqueue that commits alone on SQLite uses a connection of its own; it
-    syncs as the app's connections do (by default FULL; here also EXTRA, set by
-    the app), not as the library's own (NORMAL)."""
-    app, db, jobs = _sqlite_app(tmp_path / "jobs.db")
+@pytest.fixture
+def sqlite_opened(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connection]:
+    """The ``sqlite3`` connections opened from now on (the library's enqueue ones)."""
     opened: list[sqlite3.Connection] = []
     connect = sqlite3.connect
 
@@ -882,84 +875,87 @@ def test_a_standalone_sqlite_enqueue_is_as_durable_as_the_apps_writes(
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", recording_connect)
-    with app.app_context():
+    return opened
+
+
+@pytest.mark.parametrize("app_setting", [None, 3])
+def test_a_standalone_sqlite_enqueue_is_as_durable_as_the_apps_writes(
+    tmp_path: t.Any, sqlite_opened: list[sqlite3.Connection], app_setting: int | None
+) -> None:
+    """An enqueue that commits alone on SQLite uses a connection of its own; it
+    syncs as the app's connections do (by default FULL; here also EXTRA, set by
+    the app), not as the library's own (NORMAL)."""
+    with sqlite_jobs(tmp_path) as jobs:
+        engine = state(current_app).db.engine
         if app_setting is not None:
-            sa.event.listen(db.engine, "connect", lambda conn, _record: conn.execute(
+            sa.event.listen(engine, "connect", lambda conn, _record: conn.execute(
                 f"PRAGMA synchronous={app_setting}"))
-            db.engine.dispose()
-        with db.engine.connect() as conn:
+            engine.dispose()
+        with engine.connect() as conn:
             apps = conn.exec_driver_sql("PRAGMA synchronous").scalar()
         assert apps == (2 if app_setting is None else app_setting)
-        with jobs._state().store.engine.connect() as conn:  # the library's own: NORMAL
+        with state(current_app).store.engine.connect() as conn:  # the library's own: NORMAL
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
-        opened.clear()
+        sqlite_opened.clear()
         job = jobs.enqueue("t", {"n": 1})
-        assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in opened] == [apps]
+        assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in sqlite_opened] == [apps]
         assert jobs.get(job.id) is not None
-        jobs.stop()
 
 
 def test_standalone_sqlite_enqueues_from_many_threads_are_all_stored(tmp_path: t.Any) -> None:
-    app, _db, jobs = _sqlite_app(tmp_path / "jobs.db")
     ids: list[int] = []
     errors: list[BaseException] = []
+    with sqlite_jobs(tmp_path) as jobs:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
 
-    def enqueue_some(worker: int) -> None:
-        try:
-            with app.app_context():
-                for n in range(40):
-                    ids.append(jobs.enqueue("t", {"worker": worker, "n": n}).id)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        def enqueue_some(worker: int) -> None:
+            try:
+                with app.app_context():
+                    for n in range(40):
+                        ids.append(jobs.enqueue("t", {"worker": worker, "n": n}).id)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
 
-    threads = [threading.Thread(target=enqueue_some, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    with app.app_context():
+        threads = [threading.Thread(target=enqueue_some, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         stored = {
             job.id: (job.payload["worker"], job.payload["n"])
             for page in (1, 2)
             for job in jobs.list_jobs(page=page, per_page=200)[0]
         }
-        jobs.stop()
+    assert errors == []
     assert sorted(stored) == sorted(ids)  # every id returned is a stored job, once
     assert sorted(stored.values()) == [(w, n) for w in range(8) for n in range(40)]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_enqueues_on_connections_of_its_own(
-    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: t.Any, sqlite_opened: list[sqlite3.Connection]
 ) -> None:
     """A process forked after its parent enqueued (gunicorn's preload) does not
     write through the parent's SQLite connections; both go on enqueueing."""
-    app, _db, jobs = _sqlite_app(tmp_path / "jobs.db")
-    with app.app_context():
+    with sqlite_jobs(tmp_path) as jobs:
         first = jobs.enqueue("t", {"who": "parent"})
-    opened: list[t.Any] = []
-    connect = sqlite3.connect
-    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or connect(*a, **k))
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            with app.app_context():
+        sqlite_opened.clear()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
                 jobs.enqueue("t", {"who": "child"})
-                code = 0 if opened else 2  # 2: it used a connection of its parent's
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    with app.app_context():
+                code = 0 if sqlite_opened else 2  # 2: it used a connection of its parent's
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
         last = jobs.enqueue("t", {"who": "parent again"})
         listed, total = jobs.list_jobs()
         assert total == 3
         assert [j.payload["who"] for j in sorted(listed, key=lambda j: j.id)] == [
             "parent", "child", "parent again"]
         assert last.id > first.id
-        jobs.stop()
 
 
 @pytest.mark.config(DURABLE_JOBS_POLL_INTERVAL=0.05, DURABLE_JOBS_CONCURRENCY=4)
