@@ -4,8 +4,10 @@ Two kinds of statement live here:
 
 * the hot path (claim, finish, heartbeat, release, sweep), written per
   dialect in plain SQL on a raw driver connection, claiming and finishing many
-  jobs per statement;
-* everything else (enqueue through the caller's session, admin reads and
+  jobs per statement; an enqueue's ``INSERT``, plain SQL written once per
+  column set and sent through the caller's connection (or, on SQLite,
+  committing alone, a connection kept for it);
+* everything else (enqueue with an idempotency key, admin reads and
   transitions, prune), written once with SQLAlchemy Core.
 
 Every write to a running job carries the claim's ``lease_token`` in its
