@@ -465,22 +465,27 @@ def test_priority_then_age(app: Flask, jobs: DurableJobs) -> None:
     assert order == ["high", "mid", "low-1", "low-2"]
 
 
-def test_one_claim_hands_out_its_jobs_by_priority_then_due_time(
+def test_one_claim_returns_its_jobs_by_priority_then_due_time(
     app: Flask, jobs: DurableJobs
 ) -> None:
-    """Within one claimed batch, threads start jobs in the claim's order."""
+    """The order one claim returns its jobs in, which is the order the loop
+    hands them to the handler threads: priority, then due time to the
+    microsecond (ids enqueued against that order), then id."""
     jobs.handler("t")(lambda p: None)
     st = state(app)
     now = st.now()
+    at = now - dt.timedelta(minutes=5)
     low = jobs.enqueue("t", {}, priority=5)
     due_now = jobs.enqueue("t", {})
-    earlier = jobs.enqueue("t", {}, run_at=now - dt.timedelta(minutes=5))
+    a_microsecond_later = jobs.enqueue("t", {}, run_at=at + dt.timedelta(microseconds=1))
+    due_at = jobs.enqueue("t", {}, run_at=at)
     high = jobs.enqueue("t", {}, priority=-1)
-    earliest = jobs.enqueue("t", {}, run_at=now - dt.timedelta(hours=1, microseconds=1))
+    earliest = jobs.enqueue("t", {}, run_at=now - dt.timedelta(hours=1))
     rows = st.store.claim(job_types=["t"], queues=None, limit=10, now=st.now(),
                           lease_until=now + dt.timedelta(seconds=60), token="c" * 32,
                           worker_id="w")
-    assert [row.id for row in rows] == [high.id, earliest.id, earlier.id, due_now.id, low.id]
+    assert [row.id for row in rows] == [
+        high.id, earliest.id, due_at.id, a_microsecond_later.id, due_now.id, low.id]
 
 
 def test_process_due_limit_and_drain(app: Flask, jobs: DurableJobs) -> None:
