@@ -91,6 +91,8 @@ def _unregistered(payload: dict[str, t.Any]) -> None:  # never called: a spec fo
 
 def _idle(session: t.Any) -> bool:
     """No transaction begun and nothing pending: a commit would change nothing."""
+    if not session.registry.has():  # no Session yet in this context: don't make one
+        return True
     current = session()  # the scoped session's Session for this context
     return not current.in_transaction() and not (current.new or current.dirty or current.deleted)
 
@@ -156,6 +158,7 @@ class State:
         self.clock: t.Callable[[], dt.datetime] = utcnow
         self.start_policy = ""
         self._lock = threading.RLock()
+        self._app_engine: sa.Engine | None = None
         self._store: Store | None = None
         self._runner: Runner | None = None
         self.scheduler: Scheduler | None = None
@@ -169,15 +172,23 @@ class State:
         return self.clock()
 
     @property
+    def app_engine(self) -> sa.Engine:
+        """The app's own engine for the job table (Flask-SQLAlchemy makes it
+        once per app)."""
+        if self._app_engine is None:
+            with self.app.app_context():
+                self._app_engine = self.db.engine
+        return self._app_engine
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    with self.app.app_context():
-                        app_engine = self.db.engine
                     # the app's connect_args (SSL, prepare_threshold for PgBouncer...)
                     options = self.app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
-                    engine = build_engine(app_engine, pool_size=self.settings.concurrency + 2,
+                    engine = build_engine(self.app_engine,
+                                          pool_size=self.settings.concurrency + 2,
                                           connect_args=options.get("connect_args"))
                     self._store = make_store(engine, self.table, self.batches)
         return self._store
@@ -219,9 +230,7 @@ class State:
             store, self._store = self._store, None
         if store is not None:
             store.close_connections()
-            with self.app.app_context():
-                app_engine = self.db.engine
-            if store.engine is not app_engine:
+            if store.engine is not self.app_engine:
                 store.engine.dispose()
 
     def after_fork(self) -> None:
@@ -493,7 +502,7 @@ class DurableJobs:
             # PostgreSQL that is one autocommitted statement on the library's
             # connections; on SQLite a short one on the app's own engine, with
             # the app's durability settings.
-            engine = None if state.store.autocommits else session.get_bind()
+            engine = None if state.store.autocommits else state.app_engine
             job, created = state.store.insert_now(values, engine)
             commit = False  # nothing left to commit; signal and wake below
             session = None

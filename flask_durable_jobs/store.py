@@ -68,6 +68,8 @@ SQLITE_BUSY_TIMEOUT = 60.0
 #: Idle SQLite connections kept per app engine for enqueues that commit on
 #: their own (more are opened while more threads enqueue at once).
 ENQUEUE_IDLE_CONNECTIONS = 4
+#: An engine :class:`SQLiteStore` has not looked at yet.
+_UNSEEN: t.Any = object()
 #: Connections left behind by a fork, kept from being closed in the child.
 _FORGOTTEN: list[t.Any] = []
 #: A positional parameter in driver SQL, by DB-API paramstyle.
@@ -229,7 +231,7 @@ class Store(abc.ABC):
             .returning(table.c.id)
         )
         self._insert_many = self._bulk_insert_statement()
-        self._plain_inserts: dict[tuple[tuple[str, ...], str], str] = {}
+        self._plain_inserts: dict[tuple[tuple[str, ...], str, str], str] = {}
 
     def _bulk_insert_statement(self) -> sa.TextClause:
         c = self.table.c
@@ -386,14 +388,15 @@ class Store(abc.ABC):
     #: The payload's place in a plain INSERT; ``{}`` is the parameter mark.
     _payload_mark = "{}"
 
-    def _plain_insert(self, names: tuple[str, ...], mark: str) -> str:
+    def _plain_insert(self, names: tuple[str, ...], mark: str, returning: str = " RETURNING id"
+                      ) -> str:
         """``INSERT ... RETURNING id`` of one job with these columns."""
-        sql = self._plain_inserts.get((names, mark))
+        sql = self._plain_inserts.get((names, mark, returning))
         if sql is None:
             marks = (self._payload_mark.format(mark) if n == "payload" else mark for n in names)
-            sql = self._plain_inserts[names, mark] = (
+            sql = self._plain_inserts[names, mark, returning] = (
                 f"INSERT INTO {self.table.name} ({', '.join(names)})"
-                f" VALUES ({', '.join(marks)}) RETURNING id"
+                f" VALUES ({', '.join(marks)}){returning}"
             )
         return sql
 
@@ -990,8 +993,8 @@ class SQLiteStore(Store):
     def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
         super().__init__(engine, table, batches)
         #: idle connections for enqueues that commit on their own, by app
-        #: engine; see :meth:`_enqueue_connection`
-        self._enqueue_idle: dict[sa.Engine, collections.deque[t.Any]] = {}
+        #: engine (``None`` for an engine they can't use); see :meth:`insert_now`
+        self._enqueue_idle: dict[sa.Engine, collections.deque[t.Any] | None] = {}
 
     def watch(self) -> Watcher:
         import sqlite3
@@ -1040,8 +1043,9 @@ class SQLiteStore(Store):
             return None
         if value.tzinfo is not UTC:
             value = value.astimezone(UTC)
-        # the text SQLAlchemy stores for a DATETIME: microseconds always shown
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        # the text SQLAlchemy stores for a DATETIME: microseconds always shown,
+        # no offset (cut off the "+00:00" of UTC)
+        return value.isoformat(" ", "microseconds")[:26]
 
     def insert_now(
         self, values: dict[str, t.Any], engine: sa.Engine | None = None
@@ -1049,26 +1053,52 @@ class SQLiteStore(Store):
         """On the app's database, one plain INSERT that commits on its own:
         an enqueue outside a transaction is mostly Python time around the
         commit's sync, and the statement is the same for every job."""
-        if (engine is None or values.get("idempotency_key") is not None
-                or engine.dialect.driver != "pysqlite" or _in_memory(engine.url)):
+        if engine is None:
             return super().insert_now(values, engine)
-        sql = self._plain_insert(tuple(values), "?")
-        with self._enqueue_connection(engine) as conn:
-            # RETURNING: one row
-            job_id = conn.execute(sql, self._driver_params(values)).fetchone()[0]
+        idle = self._enqueue_idle.get(engine, _UNSEEN)
+        if idle is _UNSEEN:  # first enqueue on this engine: can it take them?
+            direct = engine.dialect.driver == "pysqlite" and not _in_memory(engine.url)
+            idle = self._enqueue_idle[engine] = collections.deque() if direct else None
+        if idle is None or values.get("idempotency_key") is not None:
+            return super().insert_now(values, engine)
+        # no RETURNING: the connection is this call's alone, so its last
+        # rowid is the job's id (INTEGER PRIMARY KEY), and cheaper to read
+        sql = self._plain_insert(tuple(values), "?", returning="")
+        params = self._driver_params(values)
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self._open_like(engine)
+        try:
+            job_id = conn.execute(sql, params).lastrowid
+        except BaseException:
+            conn.close()  # whatever it holds, it goes
+            raise
+        if len(idle) < ENQUEUE_IDLE_CONNECTIONS:
+            idle.append(conn)
+        else:
+            conn.close()
         return self._job_from(job_id, values), True
 
     def _driver_params(self, values: dict[str, t.Any]) -> tuple[t.Any, ...]:
-        """Datetimes as the text SQLAlchemy stores for them, too."""
-        return tuple(
-            json.dumps(v) if n == "payload" else self._ts(v) if isinstance(v, dt.datetime) else v
-            for n, v in values.items()
-        )
+        """Datetimes as the text SQLAlchemy stores for them, too (each one
+        written once: a job's timestamps are mostly the same ``now``)."""
+        params = []
+        last = stamp = None
+        for name, value in values.items():
+            if name == "payload":
+                value = json.dumps(value)
+            elif type(value) is dt.datetime:
+                if value is not last:
+                    last, stamp = value, self._ts(value)
+                value = stamp
+            params.append(value)
+        return tuple(params)  # a list would mean many rows to SQLAlchemy
 
-    @contextlib.contextmanager
-    def _enqueue_connection(self, engine: sa.Engine) -> t.Iterator[t.Any]:
+    @staticmethod
+    def _open_like(engine: sa.Engine) -> t.Any:
         """A ``sqlite3`` connection to the app's database in autocommit mode,
-        taken from this store's idle ones or opened like the app's own.
+        for enqueues that commit on their own (:meth:`insert_now`).
 
         One ``INSERT`` in autocommit mode is a transaction of its own, with no
         ``BEGIN``/``COMMIT`` around it, and keeping idle connections here spares
@@ -1078,23 +1108,6 @@ class SQLiteStore(Store):
         durability (``PRAGMA synchronous``) and busy timeout of one of the
         app's own connections, so a job is as durable as the app's writes.
         """
-        idle = self._enqueue_idle.setdefault(engine, collections.deque())
-        try:
-            conn = idle.pop()
-        except IndexError:
-            conn = self._open_like(engine)
-        try:
-            yield conn
-        except BaseException:
-            conn.close()  # whatever it holds, it goes
-            raise
-        if len(idle) < ENQUEUE_IDLE_CONNECTIONS:
-            idle.append(conn)
-        else:
-            conn.close()
-
-    @staticmethod
-    def _open_like(engine: sa.Engine) -> t.Any:
         import sqlite3
 
         args, params = engine.dialect.create_connect_args(engine.url)
@@ -1113,6 +1126,8 @@ class SQLiteStore(Store):
         child: forget them, as SQLite must not touch a parent's connections)."""
         stashes, self._enqueue_idle = self._enqueue_idle, {}
         for idle in stashes.values():
+            if idle is None:  # an engine that never takes them
+                continue
             if close:
                 for conn in idle:
                     conn.close()
