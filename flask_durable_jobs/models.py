@@ -31,6 +31,19 @@ WAITING: tuple[str, ...] = (PENDING, RETRYING)
 #: Statuses a job never leaves on its own.
 TERMINAL: tuple[str, ...] = (SUCCEEDED, DEAD, CANCELLED)
 
+# The conditions of the partial indexes, as SQL. Queries meant to read an
+# index repeat its condition word for word: SQLite (and PostgreSQL once it
+# plans a prepared statement generically) matches a query to a partial index
+# only on literal values, never on bound parameters.
+#: Jobs waiting to be claimed (the claim's index).
+WAITING_SQL = "status IN ('pending', 'retrying')"
+#: Jobs running under a lease.
+RUNNING_SQL = "status = 'running'"
+#: Jobs that ended. Not an ``IN`` list: for a list of three or more values,
+#: SQLite builds a temporary table each time a statement that writes a row
+#: tests the condition, which was two fifths of the cost of an ``INSERT``.
+ENDED_SQL = "(status = 'succeeded' OR status = 'dead' OR status = 'cancelled')"
+
 UTC = dt.timezone.utc
 
 
@@ -104,10 +117,10 @@ def define_table(metadata: sa.MetaData) -> sa.Table:
 
 
 def _define_table(metadata: sa.MetaData) -> sa.Table:
-    waiting = sa.text("status IN ('pending', 'retrying')")
-    running = sa.text("status = 'running'")
+    waiting = sa.text(WAITING_SQL)
+    running = sa.text(RUNNING_SQL)
     finished = sa.text("finished_at IS NOT NULL")
-    ended = sa.text("status IN ('succeeded', 'dead', 'cancelled')")
+    ended = sa.text(ENDED_SQL)
     keyed = sa.text("idempotency_key IS NOT NULL")
     in_batch = sa.text("batch_id IS NOT NULL")
     callback_due = sa.text("callback_status = 'pending'")

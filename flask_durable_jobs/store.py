@@ -47,16 +47,19 @@ from .errors import ConfigError, InvalidTransition, JobNotFound
 from .models import (
     CANCELLED,
     DEAD,
+    ENDED_SQL,
     JOB_COLUMNS,
     NOTIFY_CHANNEL,
     PENDING,
     RETRYING,
     RUNNING,
+    RUNNING_SQL,
     STATUSES,
     SUCCEEDED,
     TERMINAL,
     UTC,
     WAITING,
+    WAITING_SQL,
     Job,
     as_utc,
 )
@@ -451,8 +454,8 @@ class Store(abc.ABC):
     ) -> tuple[list[Job], int]:
         c = self.table.c
         conditions = []
-        if status is not None:
-            conditions.append(c.status == status)
+        if status is not None:  # a literal, so that SQLite can use a partial index
+            conditions.append(c.status == sa.literal(status, literal_execute=True))
         if job_type is not None:
             conditions.append(c.job_type == job_type)
         if queue is not None:
@@ -480,16 +483,16 @@ class Store(abc.ABC):
             # stats are read is counted exactly once.
             counts = sa.union_all(*(
                 sa.select(c.job_type, c.status, sa.func.count())
-                .where(c.status.in_(group))
+                .where(sa.text(group))
                 .group_by(c.status, c.job_type)
-                for group in (TERMINAL, WAITING, (RUNNING,))
+                for group in (ENDED_SQL, WAITING_SQL, RUNNING_SQL)
             ))
             for job_type, status, count in conn.execute(counts):
                 by_status[status] = by_status.get(status, 0) + count
                 by_type.setdefault(job_type, dict.fromkeys(STATUSES, 0))[status] = count
             for job_type, count, first in conn.execute(
                 sa.select(c.job_type, sa.func.count(), sa.func.min(c.run_at))
-                .where(c.status.in_(WAITING), c.run_at <= now)
+                .where(sa.text(WAITING_SQL), c.run_at <= now)
                 .group_by(c.job_type)
             ):
                 first = as_utc(first)
@@ -516,7 +519,7 @@ class Store(abc.ABC):
         with self.engine.connect() as conn:
             count, first = conn.execute(
                 sa.select(sa.func.count(), sa.func.min(c.run_at))
-                .where(c.status.in_(WAITING), c.run_at <= now)
+                .where(sa.text(WAITING_SQL), c.run_at <= now)
             ).one()
         first = as_utc(first)
         age = None if first is None else max(0.0, (now - first).total_seconds())

@@ -740,6 +740,32 @@ def test_stats(app: Flask, jobs: DurableJobs) -> None:
     assert stats["oldest_due_age_seconds"] is None  # the delayed job is not due
 
 
+def test_counts_read_the_partial_indexes_on_sqlite(tmp_path: t.Any) -> None:
+    """Stats, the health backlog and a filtered list count read only the
+    partial indexes on SQLite, never every row of the table (SQLite matches a
+    query to a partial index only on literal values, not bound parameters)."""
+    with sqlite_jobs(tmp_path) as jobs:
+        st = state(current_app)
+        jobs.enqueue_many("t", [{}] * 50)
+        jobs.drain()
+        statements: list[tuple[str, t.Any]] = []
+        sa.event.listen(st.store.engine, "before_cursor_execute",
+                        lambda _c, _cur, sql, params, *_: statements.append((sql, params)))
+        jobs.stats()
+        st.store.due_backlog(st.now())
+        jobs.list_jobs(status="dead")
+        counts = [(sql, params) for sql, params in statements if "count(" in sql]
+        # stats (by status, in three parts; due by type), backlog, list total
+        assert len(counts) == 4
+        with st.store.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            for sql, params in counts:
+                plan = [row[3] for row in driver.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+                scans = [step for step in plan if step.startswith("SCAN durable_jobs")]
+                assert all("INDEX" in step for step in scans), (sql, plan)
+                assert any("INDEX ix_durable_jobs_" in step for step in plan), (sql, plan)
+
+
 def test_prune(app: Flask, jobs: DurableJobs) -> None:
     jobs.handler("ok")(lambda p: None)
     jobs.handler("bad", max_attempts=1)(lambda p: 1 / 0)

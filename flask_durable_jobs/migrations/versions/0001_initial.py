@@ -21,7 +21,7 @@ depends_on = None
 WAITING = "status IN ('pending', 'retrying')"
 RUNNING = "status = 'running'"
 FINISHED = "finished_at IS NOT NULL"
-ENDED = "status IN ('succeeded', 'dead', 'cancelled')"
+ENDED = "(status = 'succeeded' OR status = 'dead' OR status = 'cancelled')"
 KEYED = "idempotency_key IS NOT NULL"
 IN_BATCH = "batch_id IS NOT NULL"
 CALLBACK_DUE = "callback_status = 'pending'"
