@@ -136,6 +136,42 @@ def _is_broken(driver_conn: t.Any) -> bool:
     return bool(getattr(driver_conn, "broken", False) or getattr(driver_conn, "closed", False))
 
 
+def _unobserved(conn: sa.Connection) -> bool:
+    """Whether no event listener, echo or dialect hook would see a statement
+    sent on ``conn``: the test SQLAlchemy itself makes before dispatching
+    them. On a SQLAlchemy without these attributes, assume something would."""
+    try:
+        return not (conn._has_events or conn.engine._has_events or conn._echo
+                    or conn.dialect._has_events)
+    except AttributeError:  # pragma: no cover - another SQLAlchemy
+        return False
+
+
+def _send(conn: sa.Connection, sql: str, params: t.Sequence[t.Any]) -> t.Any:
+    """Run ``sql`` on the connection's driver cursor and return the first
+    column of its row; a driver error is raised as SQLAlchemy would raise it
+    (wrapped, and the connection invalidated if it was lost)."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        row: t.Any = cursor.fetchone()
+        return row[0]
+    except Exception as exc:
+        conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+        raise  # pragma: no cover - the call above raises
+    finally:
+        cursor.close()
+
+
+def _as_sqlalchemy_error(
+    exc: Exception, sql: str, params: t.Any, dialect: sa.Dialect
+) -> sa.exc.StatementError:
+    """A driver error as SQLAlchemy raises it (``IntegrityError``,
+    ``OperationalError``...)."""
+    return sa.exc.DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error,
+                                      dialect=dialect)
+
+
 def _in_memory(url: sa.URL) -> bool:
     """An SQLite database that lives in one connection (or one process)."""
     return (url.database or "") in ("", ":memory:") or "mode=memory" in str(url)
@@ -372,12 +408,17 @@ class Store(abc.ABC):
         key = values.get("idempotency_key")
         mark = _MARKS.get(conn.dialect.paramstyle)
         if key is None and mark is not None:
-            # SQL written once per column set and sent as is (SQLAlchemy still
-            # wraps errors and fires its events): a request's enqueue skips
-            # compiling and processing the statement's parameters.
-            job_id = conn.exec_driver_sql(
-                self._plain_insert(tuple(values), mark), self._driver_params(values)
-            ).scalar_one()
+            # SQL written once per column set and sent as is: a request's
+            # enqueue skips compiling the statement and processing its
+            # parameters; and, when nothing would see it go by, SQLAlchemy's
+            # execution and result objects too (more than the driver's own
+            # work for this statement).
+            sql = self._plain_insert(tuple(values), mark)
+            params = self._driver_params(values)
+            if _unobserved(conn):
+                job_id = _send(conn, sql, params)
+            else:
+                job_id = conn.exec_driver_sql(sql, params).scalar_one()
             return self._job_from(job_id, values), True
         job_id = conn.execute(self._insert if key is None else self._insert_once,
                               values).scalar()
@@ -843,6 +884,25 @@ class PostgresStore(Store):
     autocommits = True
     concurrent_writes = True
 
+    def insert_now(
+        self, values: dict[str, t.Any], engine: sa.Engine | None = None
+    ) -> tuple[Job, bool]:
+        """On the library's connections, one autocommitted INSERT on a pooled
+        driver connection: the statement is the same for every job, and
+        SQLAlchemy's connection and transaction objects would cost more than
+        the driver's own work. Errors are raised as SQLAlchemy's."""
+        if engine is not None or values.get("idempotency_key") is not None:
+            return super().insert_now(values, engine)
+        sql = self._plain_insert(tuple(values), "%s")
+        params = self._driver_params(values)
+        try:
+            with self._raw() as cur:
+                cur.execute(sql, params)
+                job_id = cur.fetchone()[0]
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise _as_sqlalchemy_error(exc, sql, params, self.engine.dialect) from exc
+        return self._job_from(job_id, values), True
+
     def watch(self) -> Watcher:
         import psycopg
 
@@ -1074,8 +1134,10 @@ class SQLiteStore(Store):
             conn = self._open_like(engine)
         try:
             job_id = conn.execute(sql, params).lastrowid
-        except BaseException:
+        except BaseException as exc:
             conn.close()  # whatever it holds, it goes
+            if isinstance(exc, engine.dialect.loaded_dbapi.Error):
+                raise _as_sqlalchemy_error(exc, sql, params, engine.dialect) from exc
             raise
         if len(idle) < ENQUEUE_IDLE_CONNECTIONS:
             idle.append(conn)

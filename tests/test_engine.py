@@ -127,6 +127,40 @@ def test_rollback_discards_the_job(app: Flask, jobs: DurableJobs, db: SQLAlchemy
         assert conn.execute(sa.select(sa.func.count()).select_from(note)).scalar() == 2
 
 
+@pytest.mark.parametrize("commit", [False, True])
+def test_a_failed_enqueue_raises_sqlalchemys_error(
+    app: Flask, jobs: DurableJobs, db: SQLAlchemy, commit: bool
+) -> None:
+    """The database refusing a job's INSERT raises SQLAlchemy's exception, in
+    the caller's transaction (rolled back as usual) or in one of its own."""
+    jobs.handler("t")(lambda p: None)
+    db.session.execute(sa.text("ALTER TABLE durable_jobs RENAME TO durable_jobs_away"))
+    db.session.commit()
+    with pytest.raises(sa.exc.DBAPIError, match="durable_jobs"):
+        jobs.enqueue("t", {}, commit=commit)
+    db.session.rollback()
+    db.session.execute(sa.text("ALTER TABLE durable_jobs_away RENAME TO durable_jobs"))
+    db.session.commit()
+    job = jobs.enqueue("t", {"n": 1}, commit=False)
+    db.session.commit()
+    assert jobs.get(job.id) is not None
+
+
+def test_an_enqueue_in_a_transaction_is_seen_by_engine_listeners(
+    app: Flask, jobs: DurableJobs, db: SQLAlchemy
+) -> None:
+    """With a listener on the app's engine (query logging, tracing), the
+    job's INSERT goes through SQLAlchemy's execution and the listener sees it."""
+    jobs.handler("t")(lambda p: None)
+    seen: list[str] = []
+    sa.event.listen(db.engine, "before_cursor_execute",
+                    lambda _c, _cur, sql, *_: seen.append(sql))
+    job = jobs.enqueue("t", {"n": 1}, commit=False)
+    db.session.commit()
+    assert [sql for sql in seen if sql.startswith("INSERT INTO durable_jobs")]
+    assert jobs.get(job.id) is not None
+
+
 def test_idempotency_key(app: Flask, jobs: DurableJobs, db: SQLAlchemy) -> None:
     jobs.handler("t")(lambda p: None)
     first = jobs.enqueue("t", {"n": 1}, idempotency_key="order-42")
