@@ -96,7 +96,7 @@ BULK_SHARED_COLUMNS = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class ClaimedRow:
     id: int
     job_type: str
@@ -114,7 +114,7 @@ class Watcher:
     close: t.Callable[[], None]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Finish:
     """The outcome of one attempt, to be written if the lease still holds."""
 
@@ -434,7 +434,7 @@ class Store(abc.ABC):
 
     def _plain_insert(self, names: tuple[str, ...], mark: str, returning: str = " RETURNING id"
                       ) -> str:
-        """``INSERT ... RETURNING id`` of one job with these columns."""
+        """``INSERT`` of one job with these columns, then ``returning``."""
         sql = self._plain_inserts.get((names, mark, returning))
         if sql is None:
             marks = (self._payload_mark.format(mark) if n == "payload" else mark for n in names)
@@ -863,7 +863,13 @@ _RELEASE_SET = """
 
 def _int_array(values: t.Iterable[int]) -> str:
     """A PostgreSQL array literal of integers (cast in the statement)."""
-    return "{" + ",".join(str(int(v)) for v in values) + "}"
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+def _word_array(values: t.Iterable[str]) -> str:
+    """A PostgreSQL array literal of the library's own words: lease tokens
+    (hex) and statuses, which need no quotes (cast in the statement)."""
+    return "{" + ",".join(values) + "}"
 
 
 def _text_array(values: t.Iterable[str | None]) -> str:
@@ -989,8 +995,8 @@ class PostgresStore(Store):
         params = {
             "now": now,
             "ids": _int_array([o.id for o in outcomes]),
-            "tokens": _text_array([o.token for o in outcomes]),
-            "statuses": _text_array([o.status for o in outcomes]),
+            "tokens": _word_array([o.token for o in outcomes]),
+            "statuses": _word_array([o.status for o in outcomes]),
             "results": _text_array([o.result for o in outcomes]),
             "errors": _text_array([o.error for o in outcomes]),
             "run_ats": _text_array([
@@ -1016,7 +1022,7 @@ class PostgresStore(Store):
             cur.execute(
                 self._pairs_sql("lease_expires_at = %(lease)s"),
                 {"lease": lease_until, "ids": _int_array([h[0] for h in held]),
-                 "tokens": _text_array([h[1] for h in held])},
+                 "tokens": _word_array([h[1] for h in held])},
             )
             return {row[0] for row in cur.fetchall()}
 
@@ -1027,7 +1033,7 @@ class PostgresStore(Store):
             cur.execute(
                 self._pairs_sql(_RELEASE_SET.format(now="%(now)s")),
                 {"now": now, "ids": _int_array([h[0] for h in held]),
-                 "tokens": _text_array([h[1] for h in held])},
+                 "tokens": _word_array([h[1] for h in held])},
             )
             return len(cur.fetchall())
 

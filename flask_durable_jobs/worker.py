@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import json
 import logging
 import os
 import queue
@@ -293,15 +292,19 @@ class Runner:
         except vault.SecretsUnavailable as exc:
             return self._outcome(item, DEAD, error=f"SecretsUnavailable: {exc}")
         try:
-            payload = json.loads(row.payload)
+            payload = payload_json.loads(row.payload)
             with self.app.app_context():
-                signals.send(signals.job_started, self.app, job_id=row.id,
-                             job_type=row.job_type, attempt=row.attempts, payload=payload)
-                vault._set_current(secrets)
-                try:
+                if signals.job_started.receivers:  # before building the arguments
+                    signals.send(signals.job_started, self.app, job_id=row.id,
+                                 job_type=row.job_type, attempt=row.attempts, payload=payload)
+                if secrets is None:
                     value = item.spec.func(payload)
-                finally:
-                    vault._set_current(None)
+                else:
+                    vault._set_current(secrets)
+                    try:
+                        value = item.spec.func(payload)
+                    finally:
+                        vault._set_current(None)
                 # Flask-SQLAlchemy removes the job's session as the context pops
         except Discard as exc:
             return self._outcome(item, DEAD, error=vault.scrub(f"Discard: {exc}", secrets))
@@ -317,14 +320,16 @@ class Runner:
             )
         return self._outcome(item, SUCCEEDED, result=text, value=value)
 
-    def _outcome(self, item: WorkItem, status: str, **fields: t.Any) -> Finish:
+    def _outcome(
+        self, item: WorkItem, status: str, *, result: str | None = None,
+        error: str | None = None, run_at: dt.datetime | None = None, value: t.Any = None,
+    ) -> Finish:
         row = item.row
-        error = fields.get("error")
         if error is not None and "\x00" in error:  # no database text holds NUL
-            fields["error"] = error.replace("\x00", "\\x00")
+            error = error.replace("\x00", "\\x00")
         duration = None if item.started is None else time.monotonic() - item.started
-        return Finish(row.id, row.token, status, job_type=row.job_type, attempt=row.attempts,
-                      duration=duration, batch_id=row.batch_id, **fields)
+        return Finish(row.id, row.token, status, result, error, run_at, row.job_type,
+                      row.attempts, duration, value, row.batch_id)
 
     def _failure(self, item: WorkItem, error: str) -> Finish:
         row = item.row
