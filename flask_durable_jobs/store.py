@@ -946,7 +946,7 @@ class PostgresStore(Store):
                 started_at = %(now)s, updated_at = %(now)s
             WHERE j.id = ANY(ARRAY(
                 SELECT id FROM {self.table.name}
-                WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+                WHERE {WAITING_SQL} AND run_at <= %(now)s
                   AND job_type = ANY(%(types)s::text[]) {queue_filter} {secrets_filter}
                 ORDER BY priority, run_at, id
                 LIMIT %(limit)s
@@ -1042,7 +1042,7 @@ class PostgresStore(Store):
             UPDATE {self.table.name} SET {_SWEEP_SET.format(now="%(now)s")}
             WHERE id = ANY(ARRAY(
                 SELECT id FROM {self.table.name}
-                WHERE status = 'running' AND lease_expires_at < %(now)s
+                WHERE {RUNNING_SQL} AND lease_expires_at < %(now)s
                 ORDER BY id LIMIT {SWEEP_BATCH}
                 FOR UPDATE SKIP LOCKED
             ))
@@ -1233,7 +1233,7 @@ class SQLiteStore(Store):
                 lease_expires_at = ?, worker_id = ?, started_at = ?, updated_at = ?
             WHERE id IN (
                 SELECT id FROM {self.table.name} INDEXED BY ix_durable_jobs_due
-                WHERE status IN ('pending', 'retrying') AND run_at <= ?
+                WHERE {WAITING_SQL} AND run_at <= ?
                   AND job_type IN ({type_marks}) {queue_filter}
                 ORDER BY priority, run_at, id
                 LIMIT ?
@@ -1307,7 +1307,7 @@ class SQLiteStore(Store):
             UPDATE {self.table.name} SET {_SWEEP_SET.format(now="?")}
             WHERE id IN (
                 SELECT id FROM {self.table.name}
-                WHERE status = 'running' AND lease_expires_at < ?
+                WHERE {RUNNING_SQL} AND lease_expires_at < ?
                 ORDER BY id LIMIT {SWEEP_BATCH}
             )
             RETURNING id, job_type, status, batch_id
