@@ -132,8 +132,11 @@ def test_a_failed_enqueue_raises_sqlalchemys_error(
     app: Flask, jobs: DurableJobs, db: SQLAlchemy, commit: bool
 ) -> None:
     """The database refusing a job's INSERT raises SQLAlchemy's exception, in
-    the caller's transaction (rolled back as usual) or in one of its own."""
+    the caller's transaction (rolled back as usual) or in one of its own; the
+    same path stores the next job once the table is back."""
     jobs.handler("t")(lambda p: None)
+    jobs.enqueue("t", {"n": 0}, commit=commit)  # the path's connection is open and warm
+    db.session.commit()
     db.session.execute(sa.text("ALTER TABLE durable_jobs RENAME TO durable_jobs_away"))
     db.session.commit()
     with pytest.raises(sa.exc.DBAPIError, match="durable_jobs"):
@@ -141,9 +144,10 @@ def test_a_failed_enqueue_raises_sqlalchemys_error(
     db.session.rollback()
     db.session.execute(sa.text("ALTER TABLE durable_jobs_away RENAME TO durable_jobs"))
     db.session.commit()
-    job = jobs.enqueue("t", {"n": 1}, commit=False)
+    job = jobs.enqueue("t", {"n": 1}, commit=commit)
     db.session.commit()
     assert jobs.get(job.id) is not None
+    assert jobs.list_jobs()[1] == 2
 
 
 def test_an_enqueue_in_a_transaction_is_seen_by_engine_listeners(
