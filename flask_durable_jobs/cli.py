@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import threading
 import typing as t
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from .errors import DurableJobsError
+from .extension import get_state
+
+if t.TYPE_CHECKING:
+    from .extension import DurableJobs, State
 
 jobs_cli = AppGroup("jobs", help="Durable background jobs.")
 
 
-def _ext() -> t.Any:
-    state = current_app.extensions.get("durable_jobs")
-    if state is None:
-        raise click.ClickException("flask-durable-jobs is not initialised on this app")
-    return state.ext
+def _state() -> State:
+    try:
+        return get_state()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _ext() -> DurableJobs:
+    return _state().ext
 
 
 def _echo(data: t.Any) -> None:
@@ -45,8 +53,6 @@ def sweep_command() -> None:
               help="Prune succeeded and cancelled jobs older than this (default: retention).")
 def prune_command(older_than_days: float | None) -> None:
     """Delete finished jobs past their retention."""
-    import datetime as dt
-
     older = None if older_than_days is None else dt.timedelta(days=older_than_days)
     click.echo(f"pruned {_ext().prune(older)} jobs")
 
@@ -64,8 +70,7 @@ def health_command(max_due_age: int | None) -> None:
     """Print the health report as JSON; exit 1 when unhealthy."""
     from .admin import health_report
 
-    _ext()  # a clear error when the extension is not initialised
-    report = health_report(current_app.extensions["durable_jobs"], max_due_age=max_due_age)
+    report = health_report(_state(), max_due_age=max_due_age)
     _echo(report)
     if not report["healthy"]:
         raise SystemExit(1)
@@ -85,6 +90,11 @@ def retry_command(job_id: int) -> None:
 @jobs_cli.command("work")
 def work_command() -> None:
     """Run the job processor in the foreground until SIGINT or SIGTERM."""
+    work(_ext())
+
+
+def work(ext: DurableJobs) -> None:
+    """Run the current app's scheduler until SIGINT or SIGTERM, then stop it."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: t.Any) -> None:
@@ -93,7 +103,6 @@ def work_command() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    ext = _ext()
     ext.start()
     click.echo("processing jobs; press Ctrl+C to stop", err=True)
     while not stop.wait(0.5):
@@ -106,8 +115,7 @@ def periodic_command() -> None:
     """Print the recurring schedules with their last and next fire times."""
     from .periodic import describe
 
-    _ext()  # a clear error when the extension is not initialised
-    _echo(describe(current_app.extensions["durable_jobs"]))
+    _echo(describe(_state()))
 
 
 @jobs_cli.command("upgrade")
@@ -116,6 +124,5 @@ def upgrade_command(revision: str) -> None:
     """Create or upgrade the job tables from the shipped migrations."""
     from .migrations import upgrade
 
-    state = current_app.extensions["durable_jobs"]
-    upgrade(state.db.engine, revision)
+    upgrade(_state().db.engine, revision)
     click.echo(f"durable jobs schema at {revision}")

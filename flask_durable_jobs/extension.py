@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import sys
 import threading
+import types
 import typing as t
 import uuid
 
@@ -43,6 +44,17 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("flask_durable_jobs")
 
 EXTENSION_KEY = "durable_jobs"
+
+
+def get_state(app: Flask | None = None) -> State:
+    """The extension's state for ``app`` (default: the current app)."""
+    target = app if app is not None else current_app
+    try:
+        return t.cast("State", target.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            "flask-durable-jobs is not initialised on this app: call jobs.init_app(app)"
+        ) from None
 
 
 def _encrypt_secrets(state: State, secrets: t.Any) -> str:
@@ -156,6 +168,7 @@ class State:
         self.table = table
         #: The clock every timestamp comes from; tests may replace it.
         self.clock: t.Callable[[], dt.datetime] = utcnow
+        self._clock_offset = dt.timedelta()
         self.start_policy = ""
         self._lock = threading.RLock()
         self._app_engine: sa.Engine | None = None
@@ -170,6 +183,28 @@ class State:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+    @property
+    def clock_offset(self) -> dt.timedelta:
+        """How far :meth:`set_clock_offset` moved the clock ahead of real time."""
+        return self._clock_offset
+
+    def set_clock_offset(self, offset: dt.timedelta) -> None:
+        """Run the clock ``offset`` ahead of real time (zero: real time again).
+
+        For tests (:func:`~flask_durable_jobs.testing.move_time`): only this
+        process's view of time moves, for this app.
+        """
+        if not isinstance(offset, dt.timedelta):
+            raise TypeError(f"offset must be a timedelta, got {type(offset).__name__}")
+        self._clock_offset = offset
+        self.clock = utcnow if not offset else (lambda: utcnow() + offset)
+
+    @property
+    def runner_started(self) -> bool:
+        """Whether this process has made the runner (the scheduler, a
+        ``process_due`` or ``drain``); reading :attr:`runner` would make one."""
+        return self._runner is not None
 
     @property
     def app_engine(self) -> sa.Engine:
@@ -203,7 +238,7 @@ class State:
                         db=self.db,
                         store=self.store,
                         settings=self.settings,
-                        handlers=self.ext._handlers,
+                        handlers=self.ext.handlers,
                         default_backoff=self.default_backoff,
                         clock=self.now,
                         vault=self.vault,
@@ -255,7 +290,7 @@ class State:
             return None
         # The process that ends the batch may not have this handler: the job
         # is enqueued all the same, with the handler defaults.
-        spec = self.ext._handlers.get(batch.on_complete) or HandlerSpec(
+        spec = self.ext.handlers.get(batch.on_complete) or HandlerSpec(
             batch.on_complete, func=_unregistered
         )
         now = self.now()
@@ -289,6 +324,21 @@ class DurableJobs:
         self._schedules: dict[str, periodic_module.Schedule] = {}
         if app is not None:
             self.init_app(app, db=db)
+
+    @property
+    def handlers(self) -> t.Mapping[str, HandlerSpec]:
+        """The registered handlers by job type (read-only; ``@jobs.handler`` adds)."""
+        return types.MappingProxyType(self._handlers)
+
+    @property
+    def schedules(self) -> t.Mapping[str, periodic_module.Schedule]:
+        """The registered recurring schedules by key (read-only; ``jobs.periodic`` adds)."""
+        return types.MappingProxyType(self._schedules)
+
+    @property
+    def authorizer(self) -> t.Callable[[], bool] | None:
+        """The function registered with :meth:`admin_authorizer`, or ``None``."""
+        return self._admin_authorizer
 
     # -- setup ----------------------------------------------------------------
 
@@ -392,15 +442,6 @@ class DurableJobs:
 
     # -- enqueue ----------------------------------------------------------------
 
-    @staticmethod
-    def _state() -> State:
-        try:
-            return t.cast(State, current_app.extensions[EXTENSION_KEY])
-        except KeyError:
-            raise RuntimeError(
-                "flask-durable-jobs is not initialised on this app: call jobs.init_app(app)"
-            ) from None
-
     def _job_values(
         self,
         state: State,
@@ -473,7 +514,7 @@ class DurableJobs:
         (:func:`~flask_durable_jobs.job_secrets`). ``callback_url`` receives the
         job, signed, when it ends.
         """
-        state = self._state()
+        state = get_state()
         values = self._job_values(
             state, job_type, delay=delay, run_at=run_at, queue=queue,
             priority=priority, max_attempts=max_attempts,
@@ -527,7 +568,7 @@ class DurableJobs:
         commit: bool = True,
     ) -> list[int]:
         """Store many jobs of one type; returns their ids in payload order."""
-        state = self._state()
+        state = get_state()
         values = self._job_values(
             state, job_type, delay=delay, run_at=run_at, queue=queue,
             priority=priority, max_attempts=max_attempts,
@@ -566,7 +607,7 @@ class DurableJobs:
                 return
             if state.settings.eager:
                 state.runner.run()
-            elif state.scheduler is not None or state._runner is not None:
+            elif state.scheduler is not None or state.runner_started:
                 state.runner.wake()
 
         if session is None:  # already committed on its own
@@ -585,7 +626,7 @@ class DurableJobs:
         With ``owner``, a job enqueued for another owner (or for none) is
         ``None`` too, so an app can let its users poll their own jobs by id.
         """
-        job = self._state().store.get(job_id)
+        job = get_state().store.get(job_id)
         if job is None or (owner is not None and job.owner != owner):
             return None
         return job
@@ -602,27 +643,27 @@ class DurableJobs:
         """One page of jobs, newest first, and the number matching the filters."""
         if page < 1 or not 1 <= per_page <= 200:
             raise ValueError("page must be >= 1 and per_page between 1 and 200")
-        return self._state().store.list_jobs(
+        return get_state().store.list_jobs(
             status=status, job_type=job_type, queue=queue,
             offset=(page - 1) * per_page, limit=per_page,
         )
 
     def stats(self) -> dict[str, t.Any]:
         """Counts by status and type, the due backlog, and due types nobody here handles."""
-        state = self._state()
-        return state.store.stats(state.now(), set(self._handlers))
+        state = get_state()
+        return state.store.stats(state.now(), set(self.handlers))
 
     def retry(self, job_id: int) -> Job:
         """Send a ``dead`` or ``cancelled`` job back to ``pending``, due now."""
-        state = self._state()
+        state = get_state()
         job = state.store.retry(job_id, state.now())
-        if state._runner is not None:
+        if state.runner_started:
             state.runner.wake()
         return job
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a ``pending`` or ``retrying`` job."""
-        state = self._state()
+        state = get_state()
         job = state.store.cancel(job_id, state.now())
         if job.batch_id is not None:
             state.finish_batches([job.batch_id])
@@ -646,11 +687,11 @@ class DurableJobs:
         batch's jobs. Its payload is ``on_complete_payload`` plus ``batch_id``
         (unless the payload has its own).
         """
-        state = self._state()
+        state = get_state()
         pairs = list(jobs)
         if not pairs:
             raise ValueError("a batch needs at least one job")
-        if on_complete is not None and on_complete not in self._handlers:
+        if on_complete is not None and on_complete not in self.handlers:
             raise LookupError(f"no handler registered for on_complete job type {on_complete!r}")
         if on_complete_payload is not None:
             payload_json.check_payload(on_complete_payload)
@@ -684,7 +725,7 @@ class DurableJobs:
 
     def batch_status(self, batch_id: str) -> dict[str, t.Any] | None:
         """Counts of the batch's jobs by status, and whether all have ended."""
-        state = self._state()
+        state = get_state()
         row = state.store.batch_row(batch_id)
         if row is None:
             return None
@@ -703,13 +744,13 @@ class DurableJobs:
 
     def delete(self, job_id: int) -> None:
         """Delete a job that is not running."""
-        self._state().store.delete(job_id)
+        get_state().store.delete(job_id)
 
     # -- processing ----------------------------------------------------------------
 
     def process_due(self, limit: int | None = None) -> Counts:
         """Claim up to ``limit`` due jobs, run them, wait, and return the counts."""
-        state = self._state()
+        state = get_state()
         if limit is None:
             limit = state.settings.batch_size
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -732,18 +773,18 @@ class DurableJobs:
 
     def sweep_orphans(self) -> int:
         """Recover running jobs whose lease expired; returns how many."""
-        return len(self._state().runner.sweep())
+        return len(get_state().runner.sweep())
 
     def prune(self, older_than: dt.timedelta | None = None) -> int:
         """Delete finished jobs past their retention; returns how many."""
         if older_than is not None and not isinstance(older_than, dt.timedelta):
             raise TypeError(f"older_than must be a timedelta, got {type(older_than).__name__}")
-        return self._state().prune(older_than)
+        return get_state().prune(older_than)
 
     def start(self) -> None:
         """Start the current app's scheduler in this process (if not running)."""
-        self._state().start_scheduler()
+        get_state().start_scheduler()
 
     def stop(self) -> None:
         """Stop the current app's scheduler as at exit: finish, then release."""
-        self._state().shutdown()
+        get_state().shutdown()

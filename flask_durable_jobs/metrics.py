@@ -43,6 +43,7 @@ import typing as t
 import weakref
 
 from . import signals
+from .extension import get_state
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -173,8 +174,9 @@ class _BacklogCollector:
         with _lock:  # init_app may be adding an app in another thread
             apps = list(self.apps)
         for app in apps:
-            state: State | None = app.extensions.get("durable_jobs")
-            if state is None:
+            try:
+                state = get_state(app)
+            except RuntimeError:  # not (or no longer) initialised on this app
                 continue
             try:
                 with app.app_context():

@@ -21,16 +21,10 @@ without sleeping; ``DURABLE_JOBS_EAGER = True`` runs due jobs at enqueue.
 from __future__ import annotations
 
 import datetime as dt
-import typing as t
 
-from flask import Flask, current_app
+from flask import Flask
 
-from .models import utcnow
-
-
-def _state(app: Flask | None) -> t.Any:
-    target = app if app is not None else current_app
-    return target.extensions["durable_jobs"]
+from .extension import get_state
 
 
 def move_time(
@@ -42,15 +36,11 @@ def move_time(
     when jobs become due, backoff, leases, prune cut-offs. Returns the new now.
     """
     step = (delta or dt.timedelta()) + dt.timedelta(**units)
-    state = _state(app)
-    offset = getattr(state, "_test_offset", dt.timedelta()) + step
-    state._test_offset = offset
-    state.clock = lambda: utcnow() + offset
-    return t.cast(dt.datetime, state.clock())
+    state = get_state(app)
+    state.set_clock_offset(state.clock_offset + step)
+    return state.now()
 
 
 def reset_time(app: Flask | None = None) -> None:
     """Return the app's job clock to real time."""
-    state = _state(app)
-    state._test_offset = dt.timedelta()
-    state.clock = utcnow
+    get_state(app).set_clock_offset(dt.timedelta())

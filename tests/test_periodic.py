@@ -99,8 +99,8 @@ def test_register_as_a_decorator(jobs: DurableJobs) -> None:
         return None
 
     assert callable(cleanup)
-    assert jobs._schedules["nightly"].job_type == "cleanup"
-    assert jobs._schedules["nightly"].timezone == "Europe/Paris"
+    assert jobs.schedules["nightly"].job_type == "cleanup"
+    assert jobs.schedules["nightly"].timezone == "Europe/Paris"
 
     def stray(payload: dict[str, t.Any]) -> None:
         return None
@@ -121,7 +121,7 @@ def test_duplicate_key_is_refused(noop: DurableJobs) -> None:
 def test_handler_must_be_registered_first(noop: DurableJobs) -> None:
     with pytest.raises(LookupError, match="'reprot'"):
         noop.periodic("0 3 * * *", "reprot")
-    assert noop._schedules == {}
+    assert noop.schedules == {}
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_handler_must_be_registered_first(noop: DurableJobs) -> None:
 def test_bad_cron_is_refused(noop: DurableJobs, expr: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         noop.periodic(expr, "report")
-    assert noop._schedules == {}
+    assert noop.schedules == {}
 
 
 def test_bad_options_are_refused(noop: DurableJobs) -> None:
@@ -154,7 +154,7 @@ def test_bad_options_are_refused(noop: DurableJobs) -> None:
         noop.periodic("0 3 * * *", "report", queue="")
     with pytest.raises(ValueError, match="priority"):
         noop.periodic("0 3 * * *", "report", priority="high")
-    assert noop._schedules == {}
+    assert noop.schedules == {}
 
 
 # -- fire times (no database) ------------------------------------------------------
