@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import sys
 import threading
 import types
 import typing as t
-import uuid
 
 import sqlalchemy as sa
 from flask import Flask, current_app
 
-from . import callbacks, signals
 from . import config as config_module
+from . import enqueue as enqueue_module
 from . import handlers as handlers_module
-from . import payload as payload_json
 from . import periodic as periodic_module
-from .errors import ConfigError
 from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
-from .models import PENDING, Batch, Job, as_utc, define_batch_table, define_table, utcnow
+from .models import Batch, Job, as_utc, define_batch_table, define_table, utcnow
 from .retry import Backoff, default_backoff
 from .scheduler import (
     AFTER_FORK,
@@ -57,94 +55,6 @@ def get_state(app: Flask | None = None) -> State:
         ) from None
 
 
-def _encrypt_secrets(state: State, secrets: t.Any) -> str:
-    if state.vault is None:
-        raise ConfigError(
-            "enqueue(secrets=...) needs DURABLE_JOBS_SECRET_KEY: secrets are never stored"
-            " in plain text"
-        )
-    if not isinstance(secrets, dict):
-        raise TypeError(f"secrets must be a dict, got {type(secrets).__name__}")
-    try:
-        payload_json.check(secrets, root="secrets")
-    except TypeError as exc:
-        raise TypeError(str(exc)) from None
-    return state.vault.encrypt(secrets)
-
-
-def _new_row(
-    spec: HandlerSpec,
-    *,
-    now: dt.datetime,
-    run_at: dt.datetime,
-    queue: str | None = None,
-    priority: int | None = None,
-    max_attempts: int | None = None,
-) -> dict[str, t.Any]:
-    """The columns of a new job, options falling back to its handler's."""
-    return {
-        "job_type": spec.name,
-        "queue": spec.queue if queue is None else queue,
-        "priority": spec.priority if priority is None else priority,
-        "max_attempts": spec.max_attempts if max_attempts is None else max_attempts,
-        "status": PENDING,
-        "attempts": 0,
-        "orphan_policy": spec.on_orphan,
-        "callback_attempts": 0,
-        "run_at": run_at,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _unregistered(payload: dict[str, t.Any]) -> None:  # never called: a spec for defaults
-    raise LookupError("no handler registered")
-
-
-def _idle(session: t.Any) -> bool:
-    """No transaction begun and nothing pending: a commit would change nothing."""
-    if not session.registry.has():  # no Session yet in this context: don't make one
-        return True
-    current = session()  # the scoped session's Session for this context
-    return not current.in_transaction() and not (current.new or current.dirty or current.deleted)
-
-
-_PENDING = "durable_jobs.on_commit"
-_hooked: set[type] = set()  # Session classes whose commits run the pending callbacks
-_hook_lock = threading.Lock()
-
-
-def _on_commit(session: t.Any, callback: t.Callable[[], None]) -> None:
-    """Run ``callback`` when the session's transaction commits; drop it on rollback.
-
-    The listeners go on the session's class, once: a session lives for one
-    request, and adding listeners to each one costs more than the enqueue's
-    own statement. A session with nothing pending pays one dict lookup.
-    """
-    cls = type(session)
-    if cls not in _hooked:
-        with _hook_lock:
-            if cls not in _hooked:
-                sa.event.listen(cls, "after_commit", _run_pending)
-                sa.event.listen(cls, "after_rollback", _drop_pending)
-                _hooked.add(cls)
-    session.info.setdefault(_PENDING, []).append(callback)
-
-
-def _run_pending(session: t.Any) -> None:
-    callbacks = session.info.pop(_PENDING, None)
-    for callback in callbacks or ():
-        callback()
-
-
-def _drop_pending(session: t.Any) -> None:
-    session.info.pop(_PENDING, None)
-
-
-def _check_owner(owner: t.Any) -> str:
-    if not isinstance(owner, str) or not 0 < len(owner) <= 200:
-        raise ValueError(f"owner must be a string of 1 to 200 characters, got {owner!r}")
-    return owner
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
@@ -283,22 +193,9 @@ class State:
 
     def finish_batches(self, batch_ids: t.Iterable[str]) -> list[str]:
         """Enqueue the completion job of every given batch whose jobs all ended."""
-        return self.store.complete_batches(batch_ids, self.now(), self._completion_job)
-
-    def _completion_job(self, batch_id: str, batch: t.Any) -> dict[str, t.Any] | None:
-        if batch.on_complete is None:
-            return None
-        # The process that ends the batch may not have this handler: the job
-        # is enqueued all the same, with the handler defaults.
-        spec = self.ext.handlers.get(batch.on_complete) or HandlerSpec(
-            batch.on_complete, func=_unregistered
+        return self.store.complete_batches(
+            batch_ids, self.now(), functools.partial(enqueue_module.completion_job, self)
         )
-        now = self.now()
-        return {
-            **_new_row(spec, now=now, run_at=now),
-            "payload": {"batch_id": batch_id, **(batch.on_complete_payload or {})},
-            "idempotency_key": f"batch:{batch_id}",
-        }
 
     def prune(self, older_than: dt.timedelta | None = None) -> int:
         now = self.now()
@@ -431,8 +328,8 @@ class DurableJobs:
         stacked above ``@jobs.handler``; see :mod:`flask_durable_jobs.periodic`.
         """
         return periodic_module.register(
-            self, schedule, job_type, key=key, payload=payload, timezone=timezone,
-            queue=queue, priority=priority,
+            self._handlers, self._schedules, schedule, job_type, key=key, payload=payload,
+            timezone=timezone, queue=queue, priority=priority,
         )
 
     def admin_authorizer(self, func: F) -> F:
@@ -441,55 +338,6 @@ class DurableJobs:
         return func
 
     # -- enqueue ----------------------------------------------------------------
-
-    def _job_values(
-        self,
-        state: State,
-        job_type: str,
-        *,
-        delay: float | dt.timedelta | None,
-        run_at: dt.datetime | None,
-        queue: str | None,
-        priority: int | None,
-        max_attempts: int | None,
-    ) -> dict[str, t.Any]:
-        spec = self._handlers.get(job_type)
-        if spec is None:
-            known = ", ".join(sorted(self._handlers)) or "none"
-            raise LookupError(
-                f"no handler registered for job type {job_type!r} in this process"
-                f" (registered: {known})"
-            )
-        now = state.now()
-        if delay is not None and run_at is not None:
-            raise ValueError("give delay or run_at, not both")
-        if run_at is not None:
-            if not isinstance(run_at, dt.datetime):
-                raise TypeError(f"run_at must be a datetime, got {type(run_at).__name__}")
-            if run_at.tzinfo is None or run_at.utcoffset() is None:
-                raise ValueError(
-                    "run_at must be timezone-aware (e.g. datetime.now(timezone.utc));"
-                    " a naive datetime is ambiguous"
-                )
-            when = run_at.astimezone(dt.timezone.utc)
-        elif delay is not None:
-            seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-                seconds >= 0
-            ):
-                raise ValueError(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
-            when = now + dt.timedelta(seconds=seconds)
-        else:
-            when = now
-        return _new_row(
-            spec,
-            now=now,
-            run_at=when,
-            queue=None if queue is None else handlers_module.check_queue(queue),
-            priority=None if priority is None else handlers_module.check_priority(priority),
-            max_attempts=None if max_attempts is None
-            else handlers_module.check_max_attempts(max_attempts),
-        )
 
     def enqueue(
         self,
@@ -514,46 +362,11 @@ class DurableJobs:
         (:func:`~flask_durable_jobs.job_secrets`). ``callback_url`` receives the
         job, signed, when it ends.
         """
-        state = get_state()
-        values = self._job_values(
-            state, job_type, delay=delay, run_at=run_at, queue=queue,
-            priority=priority, max_attempts=max_attempts,
+        return enqueue_module.enqueue(
+            get_state(), job_type, payload, delay=delay, run_at=run_at, queue=queue,
+            priority=priority, max_attempts=max_attempts, idempotency_key=idempotency_key,
+            owner=owner, secrets=secrets, callback_url=callback_url, commit=commit,
         )
-        if payload is None:
-            payload = {}
-        payload_json.check_payload(payload)  # names the bad key path
-        values["payload"] = payload
-        if idempotency_key is not None:
-            if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255:
-                raise ValueError(
-                    f"idempotency_key must be a string of 1 to 255 characters,"
-                    f" got {idempotency_key!r}"
-                )
-            values["idempotency_key"] = idempotency_key
-        if owner is not None:
-            values["owner"] = _check_owner(owner)
-        if secrets is not None:
-            values["secrets"] = _encrypt_secrets(state, secrets)
-        if callback_url is not None:
-            values["callback_url"] = callbacks.check_url(callback_url, state.settings)
-        session: t.Any = state.db.session
-        if commit and _idle(session):
-            # Committing the session would commit the job alone: insert it in
-            # a transaction of its own, without the session's machinery. On
-            # PostgreSQL that is one autocommitted statement on the library's
-            # connections; on SQLite a short one on the app's own engine, with
-            # the app's durability settings.
-            engine = None if state.store.autocommits else state.app_engine
-            job, created = state.store.insert_now(values, engine)
-            commit = False  # nothing left to commit; signal and wake below
-            session = None
-        else:
-            job, created = state.store.insert(session, values)
-        self._after_enqueue(
-            state, session, commit, job_type, [job.id] if created else [],
-            job if created else None, due=job.run_at <= values["created_at"],
-        )
-        return job
 
     def enqueue_many(
         self,
@@ -568,55 +381,10 @@ class DurableJobs:
         commit: bool = True,
     ) -> list[int]:
         """Store many jobs of one type; returns their ids in payload order."""
-        state = get_state()
-        values = self._job_values(
-            state, job_type, delay=delay, run_at=run_at, queue=queue,
-            priority=priority, max_attempts=max_attempts,
+        return enqueue_module.enqueue_many(
+            get_state(), job_type, payloads, delay=delay, run_at=run_at, queue=queue,
+            priority=priority, max_attempts=max_attempts, commit=commit,
         )
-        texts = []
-        for index, payload in enumerate(payloads):
-            try:
-                texts.append(payload_json.dumps_payload(payload))
-            except TypeError as exc:
-                raise TypeError(f"payloads[{index}]: {exc}") from None
-        session = state.db.session
-        ids = state.store.insert_many(session, values, texts)
-        self._after_enqueue(state, session, commit, job_type, ids, None,
-                            due=values["run_at"] <= values["created_at"])
-        return ids
-
-    @staticmethod
-    def _after_enqueue(
-        state: State,
-        session: t.Any,
-        commit: bool,
-        job_type: str,
-        ids: list[int],
-        job: Job | None,
-        *,
-        due: bool,
-    ) -> None:
-        """Commit (or wait for the caller's commit), then signal and wake."""
-
-        def committed() -> None:  # after the commit that made the jobs durable
-            if not ids:
-                return
-            signals.send(signals.job_enqueued, state.app, job_type=job_type, job_ids=ids,
-                         job=job)
-            if not due:
-                return
-            if state.settings.eager:
-                state.runner.run()
-            elif state.scheduler is not None or state.runner_started:
-                state.runner.wake()
-
-        if session is None:  # already committed on its own
-            committed()
-        elif commit:
-            session.commit()
-            committed()
-        elif ids:
-            _on_commit(session(), committed)
 
     # -- reading and changing jobs ----------------------------------------------
 
@@ -687,41 +455,10 @@ class DurableJobs:
         batch's jobs. Its payload is ``on_complete_payload`` plus ``batch_id``
         (unless the payload has its own).
         """
-        state = get_state()
-        pairs = list(jobs)
-        if not pairs:
-            raise ValueError("a batch needs at least one job")
-        if on_complete is not None and on_complete not in self.handlers:
-            raise LookupError(f"no handler registered for on_complete job type {on_complete!r}")
-        if on_complete_payload is not None:
-            payload_json.check_payload(on_complete_payload)
-        if batch_id is None:
-            batch_id = uuid.uuid4().hex
-        elif not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64:
-            raise ValueError(f"batch_id must be a string of 1 to 64 characters, got {batch_id!r}")
-        by_type: dict[str, list[tuple[int, str]]] = {}
-        for index, (job_type, payload) in enumerate(pairs):
-            try:
-                text = payload_json.dumps_payload(payload)
-            except TypeError as exc:
-                raise TypeError(f"jobs[{index}]: {exc}") from None
-            by_type.setdefault(job_type, []).append((index, text))
-        session = state.db.session
-        now = state.now()
-        session.execute(state.batches.insert().values(
-            id=batch_id, on_complete=on_complete, on_complete_payload=on_complete_payload,
-            created_at=now,
-        ))
-        ids: list[int] = [0] * len(pairs)
-        for job_type, items in by_type.items():
-            values = self._job_values(state, job_type, delay=None, run_at=None, queue=None,
-                                      priority=None, max_attempts=None)
-            values["batch_id"] = batch_id
-            new_ids = state.store.insert_many(session, values, [text for _, text in items])
-            for (index, _text), job_id in zip(items, new_ids, strict=True):
-                ids[index] = job_id
-        self._after_enqueue(state, session, commit, pairs[0][0], ids, None, due=True)
-        return Batch(id=batch_id, job_ids=ids)
+        return enqueue_module.enqueue_batch(
+            get_state(), jobs, on_complete=on_complete, on_complete_payload=on_complete_payload,
+            batch_id=batch_id, commit=commit,
+        )
 
     def batch_status(self, batch_id: str) -> dict[str, t.Any] | None:
         """Counts of the batch's jobs by status, and whether all have ended."""

@@ -96,12 +96,14 @@ import zoneinfo
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 
+from . import enqueue
 from . import handlers as handlers_module
 from . import payload as payload_json
 from .models import UTC
 
 if t.TYPE_CHECKING:
-    from .extension import DurableJobs, State
+    from .extension import State
+    from .handlers import HandlerSpec
 
 TABLE_NAME = "durable_jobs_periodic"
 #: Seconds between two ticks of the scheduler.
@@ -306,7 +308,7 @@ def _zone(timezone: t.Any) -> zoneinfo.ZoneInfo:
 
 
 def make_schedule(
-    ext: DurableJobs,
+    handlers: t.Mapping[str, HandlerSpec],
     schedule: t.Any,
     job_type: str,
     *,
@@ -317,8 +319,8 @@ def make_schedule(
     priority: int | None = None,
 ) -> Schedule:
     """Validate everything about a schedule; raise before anything is registered."""
-    if job_type not in ext._handlers:
-        known = ", ".join(sorted(ext._handlers)) or "none"
+    if job_type not in handlers:
+        known = ", ".join(sorted(handlers)) or "none"
         raise LookupError(
             f"no handler registered for job type {job_type!r}; register the handler before"
             f" its schedule (registered: {known})"
@@ -348,21 +350,23 @@ def make_schedule(
 
 
 def register(
-    ext: DurableJobs,
+    handlers: t.Mapping[str, HandlerSpec],
+    schedules: dict[str, Schedule],
     schedule: t.Any,
     job_type: str | None = None,
     **options: t.Any,
 ) -> t.Any:
-    """``jobs.periodic``: register now, or return a decorator for a handler function."""
+    """``jobs.periodic``: add to ``schedules`` now, or return a decorator that
+    does so for a function registered in ``handlers``."""
     if job_type is not None:
         if not isinstance(job_type, str):
             raise TypeError(f"job_type must be a string, got {job_type!r}")
-        return _add(ext, make_schedule(ext, schedule, job_type, **options))
+        return _add(schedules, make_schedule(handlers, schedule, job_type, **options))
     if callable(schedule):
         raise TypeError("@jobs.periodic needs a schedule: @jobs.periodic('0 3 * * *')")
 
     def decorate(func: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
-        names = [name for name, spec in ext._handlers.items() if spec.func is func]
+        names = [name for name, spec in handlers.items() if spec.func is func]
         if not names:
             raise LookupError(
                 f"{getattr(func, '__qualname__', func)!r} is not a registered handler:"
@@ -372,19 +376,19 @@ def register(
             raise ValueError(
                 f"{names} share one function; name the job type: jobs.periodic(schedule, name)"
             )
-        _add(ext, make_schedule(ext, schedule, names[0], **options))
+        _add(schedules, make_schedule(handlers, schedule, names[0], **options))
         return func
 
     return decorate
 
 
-def _add(ext: DurableJobs, spec: Schedule) -> Schedule:
-    if spec.key in ext._schedules:
+def _add(schedules: dict[str, Schedule], spec: Schedule) -> Schedule:
+    if spec.key in schedules:
         raise ValueError(
             f"a schedule with key {spec.key!r} is already registered"
             " (give a different key= to run the same job on two schedules)"
         )
-    ext._schedules[spec.key] = spec
+    schedules[spec.key] = spec
     return spec
 
 
@@ -412,7 +416,7 @@ def tick(state: State) -> int:
 
     Safe to run in any number of processes at once: see the module docstring.
     """
-    schedules = list(state.ext._schedules.values())
+    schedules = list(state.ext.schedules.values())
     if not schedules:
         return 0
     lock = _tick_lock(state)
@@ -437,9 +441,8 @@ def _tick(state: State, schedules: list[Schedule]) -> int:
             last = spec.first_watermark(now)
             store.start_schedule(table, {"key": spec.key, "last_fire_at": last, **described})
         for fire in spec.due(last, now):
-            job = state.ext._job_values(
-                state, spec.job_type, delay=None, run_at=fire, queue=spec.queue,
-                priority=spec.priority, max_attempts=None,
+            job = enqueue.job_values(
+                state, spec.job_type, run_at=fire, queue=spec.queue, priority=spec.priority
             )
             job["created_at"] = job["updated_at"] = now
             job["payload"] = spec.payload
@@ -453,7 +456,7 @@ def _tick(state: State, schedules: list[Schedule]) -> int:
 
 def describe(state: State) -> list[dict[str, t.Any]]:
     """Every registered schedule with its last and next fire times (ISO 8601, UTC)."""
-    schedules = sorted(state.ext._schedules.values(), key=lambda spec: spec.key)
+    schedules = sorted(state.ext.schedules.values(), key=lambda spec: spec.key)
     if not schedules:
         return []
     now = state.now().astimezone(UTC)
