@@ -10,6 +10,7 @@ completion build their jobs with :func:`job_values` and
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import typing as t
 import uuid
@@ -21,10 +22,118 @@ from . import handlers as handlers_module
 from . import payload as payload_json
 from .errors import ConfigError
 from .handlers import HandlerSpec
-from .models import PENDING, Batch, Job
+from .models import PENDING, UTC, Batch, Job
 
 if t.TYPE_CHECKING:
     from .extension import State
+
+#: The bounds of the job table's integer columns (``priority``,
+#: ``max_attempts``): PostgreSQL's INTEGER is 32 bits, and the same bounds
+#: hold on every database so that a job stores alike on both.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+#: The span ``run_at`` may take: a day inside Python's datetime, so that no
+#: conversion to a time zone (the database session's, a reader's) overflows.
+MIN_RUN_AT = dt.datetime.min.replace(tzinfo=UTC) + dt.timedelta(days=1)
+MAX_RUN_AT = dt.datetime.max.replace(tzinfo=UTC) - dt.timedelta(days=1)
+
+
+# -- checks ------------------------------------------------------------------------
+
+
+def check_text(value: str, name: str) -> str:
+    """Refuse a string no database stores alike, naming the argument.
+
+    PostgreSQL refuses NUL in text, and a surrogate code point (half of a
+    UTF-16 pair, alone in a Python ``str``) is not Unicode text: UTF-8, and
+    so either driver, cannot encode it.
+    """
+    if "\x00" in value:
+        raise ValueError(
+            f"{name} contains a NUL character (\\x00), which PostgreSQL cannot store"
+            " (refused on every database alike)"
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{name} contains the surrogate code point {value[exc.start]!r},"
+                " which is not Unicode text (a lone half of a UTF-16 pair)"
+            ) from None
+    return value
+
+
+def check_int32(value: int, name: str) -> int:
+    """Refuse an integer the job table's INTEGER columns cannot hold."""
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise ValueError(f"{name} must be between {INT32_MIN} and {INT32_MAX}, got {value!r}")
+    return value
+
+
+def check_strings(value: t.Any, root: str = "payload", text: str | None = None) -> None:
+    """Refuse a surrogate code point in any string or key of a JSON value
+    (already checked by :func:`.payload.check`), naming its key path.
+
+    ``text`` is the value as :func:`json.dumps` writes it by default (ASCII,
+    everything else escaped), when the caller has it: a surrogate can only be
+    there as a ``\\ud...`` escape, so the value is walked only then.
+    """
+    if text is None:
+        text = json.dumps(value, ensure_ascii=False)
+        if text.isascii():
+            return
+        try:
+            text.encode("utf-8")
+            return
+        except UnicodeEncodeError:
+            pass
+    elif "\\ud" not in text:
+        return
+    parts = _surrogate_at(value, [])
+    if parts is not None:
+        where = root + "".join(f"[{part!r}]" for part in parts)
+        raise TypeError(
+            f"{where} holds a surrogate code point, which is not Unicode text"
+            " (a lone half of a UTF-16 pair; refused on every database alike)"
+        )
+
+
+def _surrogate_at(value: t.Any, parts: list[str | int]) -> list[str | int] | None:
+    """The key path of the first string or key holding a surrogate, or ``None``."""
+    if isinstance(value, str):
+        return None if _is_text(value) else parts
+    items: t.Iterable[tuple[t.Any, t.Any]]
+    if isinstance(value, dict):
+        for key in value:
+            if not _is_text(key):
+                return [*parts, key]
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _surrogate_at(item, [*parts, key])
+        if found is not None:
+            return found
+    return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_handler(spec: HandlerSpec) -> HandlerSpec:
+    """Refuse a handler whose name or options no job could be stored with."""
+    check_text(spec.name, "handler name")
+    check_text(spec.queue, "queue")
+    check_int32(spec.priority, "priority")
+    check_int32(spec.max_attempts, "max_attempts")
+    return spec
 
 
 def _encrypt_secrets(state: State, secrets: t.Any) -> str:
@@ -39,6 +148,7 @@ def _encrypt_secrets(state: State, secrets: t.Any) -> str:
         payload_json.check(secrets, root="secrets")
     except TypeError as exc:
         raise TypeError(str(exc)) from None
+    check_strings(secrets, root="secrets")
     return state.vault.encrypt(secrets)
 
 
@@ -114,8 +224,10 @@ def _drop_pending(session: t.Any) -> None:
 def _check_owner(owner: t.Any) -> str:
     if not isinstance(owner, str) or not 0 < len(owner) <= 200:
         raise ValueError(f"owner must be a string of 1 to 200 characters, got {owner!r}")
-    return owner
+    return check_text(owner, "owner")
 
+
+# -- enqueueing ----------------------------------------------------------------------
 
 
 def job_values(
@@ -130,6 +242,9 @@ def job_values(
 ) -> dict[str, t.Any]:
     """The columns of a new ``job_type`` job, every option checked; raises
     ``LookupError`` when no handler is registered for it in this process."""
+    if not isinstance(job_type, str):
+        raise TypeError(f"job_type must be a string, got {type(job_type).__name__}")
+    check_text(job_type, "job_type")
     handlers = state.ext.handlers
     spec = handlers.get(job_type)
     if spec is None:
@@ -149,25 +264,47 @@ def job_values(
                 "run_at must be timezone-aware (e.g. datetime.now(timezone.utc));"
                 " a naive datetime is ambiguous"
             )
-        when = run_at.astimezone(dt.timezone.utc)
+        when = _within_range(lambda: run_at.astimezone(UTC))
+        if when is None:
+            raise ValueError(
+                f"run_at must be between {MIN_RUN_AT:%Y-%m-%d} and {MAX_RUN_AT:%Y-%m-%d}"
+                f" (UTC), got {run_at!r}"
+            )
     elif delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
             seconds >= 0
         ):
             raise ValueError(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
-        when = now + dt.timedelta(seconds=seconds)
+        when = _within_range(lambda: now + dt.timedelta(seconds=seconds))
+        if when is None:
+            raise ValueError(
+                f"delay must bring run_at no later than {MAX_RUN_AT:%Y-%m-%d} (UTC),"
+                f" got {delay!r}"
+            )
     else:
         when = now
     return _new_row(
         spec,
         now=now,
         run_at=when,
-        queue=None if queue is None else handlers_module.check_queue(queue),
-        priority=None if priority is None else handlers_module.check_priority(priority),
+        queue=None if queue is None
+        else check_text(handlers_module.check_queue(queue), "queue"),
+        priority=None if priority is None
+        else check_int32(handlers_module.check_priority(priority), "priority"),
         max_attempts=None if max_attempts is None
-        else handlers_module.check_max_attempts(max_attempts),
+        else check_int32(handlers_module.check_max_attempts(max_attempts), "max_attempts"),
     )
+
+
+def _within_range(compute: t.Callable[[], dt.datetime]) -> dt.datetime | None:
+    """``compute()`` if it lies within [MIN_RUN_AT, MAX_RUN_AT], else ``None``
+    (also when computing it overflows Python's datetime: ``delay=inf``)."""
+    try:
+        when = compute()
+    except OverflowError:
+        return None
+    return when if MIN_RUN_AT <= when <= MAX_RUN_AT else None
 
 
 def enqueue(
@@ -194,6 +331,7 @@ def enqueue(
     if payload is None:
         payload = {}
     payload_json.check_payload(payload)  # names the bad key path
+    check_strings(payload)
     values["payload"] = payload
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255:
@@ -201,12 +339,14 @@ def enqueue(
                 f"idempotency_key must be a string of 1 to 255 characters,"
                 f" got {idempotency_key!r}"
             )
-        values["idempotency_key"] = idempotency_key
+        values["idempotency_key"] = check_text(idempotency_key, "idempotency_key")
     if owner is not None:
         values["owner"] = _check_owner(owner)
     if secrets is not None:
         values["secrets"] = _encrypt_secrets(state, secrets)
     if callback_url is not None:
+        if isinstance(callback_url, str):
+            check_text(callback_url, "callback_url")
         values["callback_url"] = callbacks.check_url(callback_url, state.settings)
     session: t.Any = state.db.session
     if commit and _idle(session):
@@ -222,7 +362,7 @@ def enqueue(
     else:
         job, created = state.store.insert(session, values)
     _after_enqueue(
-        state, session, commit, job_type, [job.id] if created else [],
+        state, session, commit, {job_type: [job.id] if created else []},
         job if created else None, due=job.run_at <= values["created_at"],
     )
     return job
@@ -249,11 +389,12 @@ def enqueue_many(
     for index, payload in enumerate(payloads):
         try:
             texts.append(payload_json.dumps_payload(payload))
+            check_strings(payload, text=texts[-1])
         except TypeError as exc:
             raise TypeError(f"payloads[{index}]: {exc}") from None
     session = state.db.session
     ids = state.store.insert_many(session, values, texts)
-    _after_enqueue(state, session, commit, job_type, ids, None,
+    _after_enqueue(state, session, commit, {job_type: ids}, None,
                    due=values["run_at"] <= values["created_at"])
     return ids
 
@@ -262,19 +403,24 @@ def _after_enqueue(
     state: State,
     session: t.Any,
     commit: bool,
-    job_type: str,
-    ids: list[int],
+    enqueued: dict[str, list[int]],
     job: Job | None,
     *,
     due: bool,
 ) -> None:
-    """Commit (or wait for the caller's commit), then signal and wake."""
+    """Commit (or wait for the caller's commit), then signal and wake.
+
+    ``enqueued``: the new jobs' ids by job type, one signal for each type.
+    """
+    ids = [job_id for type_ids in enqueued.values() for job_id in type_ids]
 
     def committed() -> None:  # after the commit that made the jobs durable
         if not ids:
             return
-        signals.send(signals.job_enqueued, state.app, job_type=job_type, job_ids=ids,
-                     job=job)
+        for job_type, type_ids in enqueued.items():
+            if type_ids:
+                signals.send(signals.job_enqueued, state.app, job_type=job_type,
+                             job_ids=type_ids, job=job)
         if not due:
             return
         if state.settings.eager:
@@ -304,20 +450,30 @@ def enqueue_batch(
     pairs = list(jobs)
     if not pairs:
         raise ValueError("a batch needs at least one job")
-    if on_complete is not None and on_complete not in state.ext.handlers:
+    if on_complete is not None and (
+        not isinstance(on_complete, str)
+        or check_text(on_complete, "on_complete") not in state.ext.handlers
+    ):
         raise LookupError(f"no handler registered for on_complete job type {on_complete!r}")
     if on_complete_payload is not None:
         payload_json.check_payload(on_complete_payload)
+        check_strings(on_complete_payload, root="on_complete_payload")
     if batch_id is None:
         batch_id = uuid.uuid4().hex
     elif not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64:
         raise ValueError(f"batch_id must be a string of 1 to 64 characters, got {batch_id!r}")
+    else:
+        check_text(batch_id, "batch_id")
     by_type: dict[str, list[tuple[int, str]]] = {}
+    shared: dict[str, dict[str, t.Any]] = {}  # each type's columns, checked before any SQL
     for index, (job_type, payload) in enumerate(pairs):
         try:
             text = payload_json.dumps_payload(payload)
+            check_strings(payload, text=text)
         except TypeError as exc:
             raise TypeError(f"jobs[{index}]: {exc}") from None
+        if job_type not in shared:
+            shared[job_type] = job_values(state, job_type)
         by_type.setdefault(job_type, []).append((index, text))
     session = state.db.session
     now = state.now()
@@ -326,13 +482,15 @@ def enqueue_batch(
         created_at=now,
     ))
     ids: list[int] = [0] * len(pairs)
+    enqueued: dict[str, list[int]] = {}
     for job_type, items in by_type.items():
-        values = job_values(state, job_type)
+        values = shared[job_type]
         values["batch_id"] = batch_id
         new_ids = state.store.insert_many(session, values, [text for _, text in items])
         for (index, _text), job_id in zip(items, new_ids, strict=True):
             ids[index] = job_id
-    _after_enqueue(state, session, commit, pairs[0][0], ids, None, due=True)
+        enqueued[job_type] = new_ids
+    _after_enqueue(state, session, commit, enqueued, None, due=True)
     return Batch(id=batch_id, job_ids=ids)
 
 
@@ -351,3 +509,22 @@ def completion_job(state: State, batch_id: str, batch: t.Any) -> dict[str, t.Any
         "payload": {"batch_id": batch_id, **(batch.on_complete_payload or {})},
         "idempotency_key": f"batch:{batch_id}",
     }
+
+
+def finish_batches(state: State, batch_ids: t.Iterable[str]) -> list[str]:
+    """Enqueue the completion job of every given batch whose jobs all ended;
+    returns the batches completed by this call."""
+    job_types: dict[str, str] = {}
+
+    def completion(batch_id: str, batch: t.Any) -> dict[str, t.Any] | None:
+        values = completion_job(state, batch_id, batch)
+        if values is not None:
+            job_types[batch_id] = values["job_type"]
+        return values
+
+    done = state.store.complete_batches(batch_ids, state.now(), completion)
+    for batch_id, job_id in done.items():  # committed
+        if job_id is not None:
+            signals.send(signals.job_enqueued, state.app, job_type=job_types[batch_id],
+                         job_ids=[job_id], job=None)
+    return list(done)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import sys
 import threading
@@ -193,9 +192,7 @@ class State:
 
     def finish_batches(self, batch_ids: t.Iterable[str]) -> list[str]:
         """Enqueue the completion job of every given batch whose jobs all ended."""
-        return self.store.complete_batches(
-            batch_ids, self.now(), functools.partial(enqueue_module.completion_job, self)
-        )
+        return enqueue_module.finish_batches(self, batch_ids)
 
     def prune(self, older_than: dt.timedelta | None = None) -> int:
         now = self.now()
@@ -300,6 +297,7 @@ class DurableJobs:
                 job_type, t.cast(Handler, func), max_attempts=max_attempts, timeout=timeout,
                 queue=queue, priority=priority, backoff=backoff, on_orphan=on_orphan,
             )
+            enqueue_module.check_handler(spec)
             if job_type in self._handlers:
                 raise ValueError(f"a handler named {job_type!r} is already registered")
             self._handlers[job_type] = spec

@@ -96,7 +96,7 @@ import zoneinfo
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 
-from . import enqueue
+from . import enqueue, signals
 from . import handlers as handlers_module
 from . import payload as payload_json
 from .models import UTC
@@ -329,11 +329,13 @@ def make_schedule(
     cron, trigger, both_passes = parse(schedule, zone)
     if payload is None:
         payload = {}
-    payload = json.loads(payload_json.dumps_payload(payload))  # validated, and a copy
+    text = payload_json.dumps_payload(payload)
+    enqueue.check_strings(payload, text=text)
+    payload = json.loads(text)  # validated, and a copy
     if queue is not None:
-        handlers_module.check_queue(queue)
+        enqueue.check_text(handlers_module.check_queue(queue), "queue")
     if priority is not None:
-        handlers_module.check_priority(priority)
+        enqueue.check_int32(handlers_module.check_priority(priority), "priority")
     if key is None:
         digest = hashlib.sha256(
             json.dumps([job_type, cron, zone.key, payload], sort_keys=True).encode()
@@ -343,6 +345,8 @@ def make_schedule(
         raise ValueError(
             f"key must be a string of 1 to {MAX_KEY_LENGTH} characters, got {key!r}"
         )
+    else:
+        enqueue.check_text(key, "key")
     spec = Schedule(key, job_type, cron, zone.key, payload, queue, priority, trigger, both_passes)
     if spec.next_fire_after(dt.datetime.now(UTC)) is None:
         raise ValueError(f"cron expression {schedule!r} never fires")
@@ -440,6 +444,7 @@ def _tick(state: State, schedules: list[Schedule]) -> int:
         if last is None:
             last = spec.first_watermark(now)
             store.start_schedule(table, {"key": spec.key, "last_fire_at": last, **described})
+        ids = []
         for fire in spec.due(last, now):
             job = enqueue.job_values(
                 state, spec.job_type, run_at=fire, queue=spec.queue, priority=spec.priority
@@ -447,7 +452,13 @@ def _tick(state: State, schedules: list[Schedule]) -> int:
             job["created_at"] = job["updated_at"] = now
             job["payload"] = spec.payload
             job["idempotency_key"] = spec.idempotency_key(fire)
-            enqueued += store.fire_schedule(table, spec.key, fire, described, job)
+            job_id = store.fire_schedule(table, spec.key, fire, described, job)
+            if job_id is not None:
+                ids.append(job_id)
+        if ids:  # each committed
+            signals.send(signals.job_enqueued, state.app, job_type=spec.job_type,
+                         job_ids=ids, job=None)
+            enqueued += len(ids)
     return enqueued
 
 

@@ -9,8 +9,9 @@ skipped: it never changes the job's outcome nor stops other receivers.
 signal             keyword arguments
 =================  ===========================================================
 ``job_enqueued``   ``job_type``, ``job_ids`` and ``job`` (the
-                   :class:`~flask_durable_jobs.Job`; ``None`` for bulk
-                   enqueues), after commit
+                   :class:`~flask_durable_jobs.Job`; ``None`` for bulk,
+                   batch, periodic and batch-completion enqueues), after
+                   commit; a batch sends one per job type
 ``job_started``    ``job_id``, ``job_type``, ``attempt``, ``payload``
 ``job_succeeded``  ``job_id``, ``job_type``, ``attempt``, ``result``, ``duration``
 ``job_retried``    ``job_id``, ``job_type``, ``attempt``, ``error``, ``run_at``,

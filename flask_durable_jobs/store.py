@@ -666,15 +666,16 @@ class Store(abc.ABC):
     def complete_batches(
         self, batch_ids: t.Iterable[str], now: dt.datetime,
         completion: t.Callable[[str, t.Any], dict[str, t.Any] | None],
-    ) -> list[str]:
+    ) -> dict[str, int | None]:
         """Enqueue the completion job of each batch whose jobs have all ended.
 
         Run after the terminal writes committed, by every writer: the last
         one to commit sees the whole batch ended. The job's unique
-        idempotency key makes the completion job exactly-once.
+        idempotency key makes the completion job exactly-once. Returns the
+        batches this call completed, each with its new job's id (or None).
         """
         c = self.table.c
-        done = []
+        done: dict[str, int | None] = {}
         for batch_id in set(batch_ids):
             with self.engine.begin() as conn:
                 open_jobs = conn.execute(
@@ -690,14 +691,15 @@ class Store(abc.ABC):
                 if batch is None:
                     continue
                 values = completion(batch_id, batch)
+                job_id = None
                 if values is not None:
-                    conn.execute(self._insert_once, values)
+                    job_id = conn.execute(self._insert_once, values).scalar()
                 conn.execute(
                     sa.update(self.batches)
                     .where(self.batches.c.id == batch_id, self.batches.c.completed_at.is_(None))
                     .values(completed_at=now)
                 )
-            done.append(batch_id)
+            done[batch_id] = job_id
         return done
 
     # -- recurring schedules (periodic.py) ----------------------------------
@@ -725,10 +727,11 @@ class Store(abc.ABC):
         fire: dt.datetime,
         schedule: dict[str, t.Any],
         job: dict[str, t.Any],
-    ) -> bool:
+    ) -> int | None:
         """Advance the schedule's watermark to ``fire`` and enqueue its job, in one
-        transaction; False when this fire time was dealt with already (here or in
-        another process). The job's idempotency key backs the watermark up."""
+        transaction; returns the job's id, or None when this fire time was dealt
+        with already (here or in another process). The job's idempotency key
+        backs the watermark up."""
         c = table.c
         with self.transaction() as conn:
             advanced = conn.execute(
@@ -737,8 +740,9 @@ class Store(abc.ABC):
                 .values(last_fire_at=fire, **schedule)
             ).rowcount
             if not advanced:
-                return False
-            return conn.execute(self._insert_once, job).scalar() is not None
+                return None
+            job_id: int | None = conn.execute(self._insert_once, job).scalar()
+            return job_id
 
     # -- completion callbacks ---------------------------------------------
 

@@ -15,6 +15,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import Discard, DurableJobs, config, signals
 from flask_durable_jobs.errors import ConfigError
+from flask_durable_jobs.periodic import tick
 from flask_durable_jobs.store import Store
 from tests.helpers import close
 
@@ -92,6 +93,25 @@ def test_counters_and_run_time(
     assert value(samples, "durable_jobs_run_seconds_bucket", job_type="t.ok", le="3600.0") == 3
     run_sum = value(samples, "durable_jobs_run_seconds_sum", job_type="t.ok")
     assert run_sum is not None and 0 <= run_sum < 5
+
+
+def test_enqueued_by_batch_periodic_and_completion(
+    app: Flask, handlers: DurableJobs, registry: CollectorRegistry
+) -> None:
+    """Each job is counted under its own type, however it was enqueued."""
+    handlers.periodic("*/5 * * * * *", "t.ok", key="often")
+    state = app.extensions["durable_jobs"]
+    state.clock = lambda: dt.datetime(2026, 1, 1, 12, 0, 10, 500000, tzinfo=dt.timezone.utc)
+    assert tick(state) == 1  # 12:00:10, half a second old
+    handlers.enqueue_batch([("t.ok", {}), ("t.discard", {}), ("t.ok", {})],
+                           on_complete="t.fail")
+    samples = scrape(registry)
+    assert value(samples, "durable_jobs_enqueued_total", job_type="t.ok") == 3
+    assert value(samples, "durable_jobs_enqueued_total", job_type="t.discard") == 1
+    assert value(samples, "durable_jobs_enqueued_total", job_type="t.fail") is None
+    handlers.drain()  # the batch ends: its completion job is enqueued
+    samples = scrape(registry)
+    assert value(samples, "durable_jobs_enqueued_total", job_type="t.fail") == 1
 
 
 def test_rescued(app: Flask, handlers: DurableJobs, registry: CollectorRegistry) -> None:
