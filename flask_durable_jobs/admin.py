@@ -22,18 +22,16 @@ Choices a user can rely on (the docs repeat them):
 * ``payload`` and ``result`` are masked (:mod:`.masking`); ``last_error`` is
   cut to :data:`LAST_ERROR_MAX_CHARS` characters (plus a marker) so one
   runaway traceback cannot bloat a page of jobs.
-* ``GET {prefix}/health`` describes the answering process (see
-  :func:`health_report`): 200 when healthy, 503 with the same body when not.
-  It sits behind the same access check as every other route.
+* ``GET {prefix}/health`` answers :func:`.health.health_report` for the
+  answering process: 200 when healthy, 503 with the same body when not. It
+  sits behind the same access check as every other route.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import json
 import logging
-import os
 import typing as t
 
 from flask import Blueprint, Flask, current_app, jsonify, request
@@ -42,14 +40,15 @@ from werkzeug.routing import BaseConverter, Rule
 
 from . import masking, openapi
 from .errors import InvalidTransition, JobNotFound
-from .models import STATUSES, UTC
-from .scheduler import AFTER_FORK, NEVER
+from .extension import get_state
+from .health import health_report
+from .models import STATUSES
 
 if t.TYPE_CHECKING:
     from flask import Response
 
     from .config import Settings
-    from .extension import DurableJobs, State
+    from .extension import DurableJobs
     from .models import Job
 
 logger = logging.getLogger("flask_durable_jobs")
@@ -70,10 +69,6 @@ MAX_PAGE = 2**31 - 1
 MAX_JOB_ID = 2**63 - 1
 #: Most jobs one ``POST {prefix}/process`` may claim; it runs inside the request.
 MAX_PROCESS_LIMIT = 10_000
-#: A running scheduler whose due-job tick has not fired for this many poll
-#: intervals, and at least :data:`HEALTH_MIN_STALL_SECONDS`, is stalled.
-HEALTH_STALL_INTERVALS = 3
-HEALTH_MIN_STALL_SECONDS = 5.0
 #: Largest ``max_due_age`` (seconds) the health route takes: a year.
 MAX_DUE_AGE_SECONDS = 366 * 24 * 3600
 
@@ -144,7 +139,7 @@ def register(app: Flask, ext: DurableJobs, settings: Settings) -> None:
     for path in (settings.url_prefix, settings.url_prefix + "/<durable_jobs_rest:rest>"):
         app.url_map.add(Rule(path, endpoint=UNMATCHED_ENDPOINT, methods=None, strict_slashes=False))
     app.view_functions[UNMATCHED_ENDPOINT] = _unmatched
-    if settings.admin_token is None and ext._admin_authorizer is None:
+    if settings.admin_token is None and ext.authorizer is None:
         logger.warning(
             "The admin API at %s answers 403 to every request: set"
             " DURABLE_JOBS_ADMIN_TOKEN, or register a function with"
@@ -156,12 +151,8 @@ def register(app: Flask, ext: DurableJobs, settings: Settings) -> None:
 # -- helpers ---------------------------------------------------------------
 
 
-def _state() -> State:
-    return t.cast("State", current_app.extensions["durable_jobs"])
-
-
 def _ext() -> DurableJobs:
-    return _state().ext
+    return get_state().ext
 
 
 def _echo(value: object) -> str:
@@ -259,9 +250,9 @@ def _allowed_methods() -> list[str]:
 @blueprint.before_request
 def _check_access() -> None:
     """Let the request in, or raise the 401/403 the module docstring describes."""
-    state = _state()
+    state = get_state()
     token = state.settings.admin_token
-    authorizer = state.ext._admin_authorizer
+    authorizer = state.ext.authorizer
     if token is None and authorizer is None:
         raise ApiError(
             403,
@@ -337,100 +328,13 @@ def stats() -> Response:
     return jsonify(_ext().stats())
 
 
-def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, t.Any]:
-    """This process's scheduler and the due backlog, with a ``healthy`` verdict.
-
-    ``scheduler`` is one of:
-
-    * ``running``: its APScheduler runs and the due-job tick fired recently;
-    * ``stalled``: its APScheduler runs but the tick has not fired for
-      ``stall_after_seconds``;
-    * ``dead``: it was started here and its APScheduler no longer runs;
-    * ``stopped``: it should run here (it started at ``init_app``) and was
-      stopped (``jobs.stop()``, or the interpreter is exiting);
-    * ``disabled``: ``DURABLE_JOBS_SCHEDULER = False`` and none was started;
-    * ``not_started``: a process that never runs it (a ``flask`` command such
-      as ``flask jobs health`` itself, gunicorn's master before the fork).
-
-    The last two are healthy: nothing here is meant to tick. The process is
-    unhealthy when the scheduler is ``stalled``, ``dead`` or ``stopped``, when
-    the backlog cannot be read, or when the oldest due job has waited longer
-    than ``max_due_age`` seconds (given). ``problems`` says why, in words.
-
-    The tick proves that the scheduler fires, not that a processor loop
-    already inside a slow statement moves on: ``max_due_age`` catches that,
-    and work stuck anywhere, from any process.
-    """
-    settings = state.settings
-    now = dt.datetime.now(UTC)
-    stall_after = max(HEALTH_STALL_INTERVALS * settings.poll_interval, HEALTH_MIN_STALL_SECONDS)
-    problems: list[str] = []
-    scheduler = state.scheduler
-    if scheduler is not None:
-        last = scheduler.last_tick or scheduler.started_at
-        silent = 0.0 if last is None else (now - last).total_seconds()
-        if not scheduler.running:
-            status = "dead"
-            problems.append("the scheduler started in this process is no longer running")
-        elif silent > stall_after:
-            status = "stalled"
-            problems.append(
-                f"the scheduler's due-job tick last fired {silent:.1f} s ago"
-                f" (stalled after {stall_after:g} s)"
-            )
-        else:
-            status = "running"
-    elif not settings.scheduler:
-        status = "disabled"
-    elif state.start_policy in (NEVER, AFTER_FORK):
-        status = "not_started"
-    else:
-        status = "stopped"
-        problems.append("the scheduler of this process was stopped")
-
-    due_count: int | None = None
-    oldest: float | None = None
-    try:
-        due_count, oldest = state.store.due_backlog(state.now())
-    except Exception as exc:
-        logger.warning("health: reading the due backlog failed", exc_info=True)
-        problems.append(
-            f"the due backlog could not be read ({type(exc).__name__}); the log has the details"
-        )
-    if max_due_age is not None and oldest is not None and oldest > max_due_age:
-        problems.append(
-            f"the oldest due job has waited {oldest:.1f} s (more than max_due_age,"
-            f" {max_due_age} s)"
-        )
-
-    runner = state._runner
-    return {
-        "healthy": not problems,
-        "problems": problems,
-        "scheduler": status,
-        "pid": os.getpid(),
-        "worker_id": None if runner is None else runner.worker_id,
-        "started_at": _iso(None if scheduler is None else scheduler.started_at),
-        "last_tick": _iso(None if scheduler is None else scheduler.last_tick),
-        "last_sweep": _iso(None if scheduler is None else scheduler.last_sweep),
-        "stall_after_seconds": stall_after,
-        "due_count": due_count,
-        "oldest_due_age_seconds": oldest,
-        "checked_at": now.isoformat(),
-    }
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
 @blueprint.get("/health", **_route_options)
 def health() -> Response:
     text = request.args.get("max_due_age")
     max_due_age = None if text is None else _parse_int(
         "max_due_age", text, minimum=1, maximum=MAX_DUE_AGE_SECONDS
     )
-    report = health_report(_state(), max_due_age=max_due_age)
+    report = health_report(get_state(), max_due_age=max_due_age)
     response = jsonify(report)
     response.status_code = 200 if report["healthy"] else 503
     return response
@@ -440,7 +344,7 @@ def health() -> Response:
 def list_schedules() -> Response:
     from .periodic import describe
 
-    return jsonify({"items": describe(_state())})
+    return jsonify({"items": describe(get_state())})
 
 
 @blueprint.get("/batches/<batch_id>", **_route_options)
@@ -535,7 +439,7 @@ def openapi_document() -> Response:
     # document reads best in the order it was written (it is plain JSON data).
     document = json.dumps(
         openapi.build(
-            _state().settings.url_prefix,
+            get_state().settings.url_prefix,
             server_url=request.script_root or "/",
             max_per_page=MAX_PER_PAGE,
             default_per_page=DEFAULT_PER_PAGE,
@@ -553,7 +457,7 @@ def _unmatched(rest: str = "") -> Response:
     """404 for a path no route serves, 405 (or 204 for OPTIONS) for another method."""
     allowed = _allowed_methods()
     if not allowed:
-        prefix = _state().settings.url_prefix
+        prefix = get_state().settings.url_prefix
         raise ApiError(
             404,
             f"no admin API route at {_echo(request.path)} (job ids are whole numbers);"

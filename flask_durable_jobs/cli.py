@@ -62,7 +62,7 @@ def stats_command() -> None:
               help="Also fail when the oldest due job has waited longer (seconds).")
 def health_command(max_due_age: int | None) -> None:
     """Print the health report as JSON; exit 1 when unhealthy."""
-    from .admin import health_report
+    from .health import health_report
 
     _ext()  # a clear error when the extension is not initialised
     report = health_report(current_app.extensions["durable_jobs"], max_due_age=max_due_age)

@@ -45,6 +45,17 @@ log = logging.getLogger("flask_durable_jobs")
 EXTENSION_KEY = "durable_jobs"
 
 
+def get_state(app: Flask | None = None) -> State:
+    """The extension's state for ``app`` (default: the current app)."""
+    target = app if app is not None else current_app
+    try:
+        return t.cast("State", target.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            "flask-durable-jobs is not initialised on this app: call jobs.init_app(app)"
+        ) from None
+
+
 def _encrypt_secrets(state: State, secrets: t.Any) -> str:
     if state.vault is None:
         raise ConfigError(
@@ -170,6 +181,11 @@ class State:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+    @property
+    def runner_started(self) -> bool:
+        """A Runner exists in this process (reading :attr:`runner` would make one)."""
+        return self._runner is not None
 
     @property
     def app_engine(self) -> sa.Engine:
@@ -386,9 +402,15 @@ class DurableJobs:
         )
 
     def admin_authorizer(self, func: F) -> F:
-        """Register ``func() -> bool`` deciding access to the admin API for the request."""
+        """Register ``func()`` deciding access to the admin API for the request:
+        ``True`` (everything), ``"read"`` (reads only); anything else refuses."""
         self._admin_authorizer = func
         return func
+
+    @property
+    def authorizer(self) -> t.Callable[[], t.Any] | None:
+        """The function registered with :meth:`admin_authorizer`, or None."""
+        return self._admin_authorizer
 
     # -- enqueue ----------------------------------------------------------------
 
