@@ -17,11 +17,13 @@ Choices a user can rely on (the docs repeat them):
   (``{"error": {"code", "message"}}``); a catch-all rule keeps unmatched paths
   and methods away from the app's own 404/405 handlers, and nothing here
   changes how the rest of the app answers.
-* Job ids in paths are digits; anything else is not a job route (404). Digits
-  outside 1..2**63-1 answer 400, so no id can overflow a database integer.
-* ``payload`` and ``result`` are masked (:mod:`.masking`); ``last_error`` is
-  cut to :data:`LAST_ERROR_MAX_CHARS` characters (plus a marker) so one
-  runaway traceback cannot bloat a page of jobs.
+* Parameters, bodies and answers are defined once, in :mod:`.schemas`; the
+  routes validate with it and :mod:`.openapi` builds the served document from
+  it. Job ids in paths are digits; anything else is not a job route (404).
+  Digits outside 1..2**63-1 answer 400, so no id can overflow a database
+  integer.
+* Job data is shown as :func:`.masking.public_job` makes it: secrets masked,
+  ``last_error`` bounded.
 * ``GET {prefix}/health`` answers :func:`.health.health_report` for the
   answering process: 200 when healthy, 503 with the same body when not. It
   sits behind the same access check as every other route.
@@ -38,39 +40,24 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, Rule
 
-from . import masking, openapi
+from . import masking, openapi, schemas
 from .errors import InvalidTransition, JobNotFound
 from .extension import get_state
 from .health import health_report
-from .models import STATUSES
+from .openapi import operation
+from .schemas import echo
 
 if t.TYPE_CHECKING:
     from flask import Response
 
     from .config import Settings
     from .extension import DurableJobs
-    from .models import Job
 
 logger = logging.getLogger("flask_durable_jobs")
 
 BLUEPRINT_NAME = "durable_jobs_admin"
 #: Endpoint of the catch-all rules that answer unmatched paths and methods.
 UNMATCHED_ENDPOINT = f"{BLUEPRINT_NAME}.unmatched"
-
-#: ``last_error`` longer than this is shown as its first and last parts with a
-#: marker between them: the exception's type and message lead, and a traceback
-#: ends with the innermost frames, so both ends are what an operator needs.
-LAST_ERROR_MAX_CHARS = masking.LAST_ERROR_MAX_CHARS
-DEFAULT_PER_PAGE = 50
-MAX_PER_PAGE = 200
-#: Keeps ``(page - 1) * per_page`` far inside a 64-bit OFFSET.
-MAX_PAGE = 2**31 - 1
-#: The largest id a BIGINT (and SQLite's rowid) can hold.
-MAX_JOB_ID = 2**63 - 1
-#: Most jobs one ``POST {prefix}/process`` may claim; it runs inside the request.
-MAX_PROCESS_LIMIT = 10_000
-#: Largest ``max_due_age`` (seconds) the health route takes: a year.
-MAX_DUE_AGE_SECONDS = 366 * 24 * 3600
 
 _ERROR_CODES = {
     400: "bad_request",
@@ -82,7 +69,6 @@ _ERROR_CODES = {
     500: "internal_error",
 }
 _ROUTED_METHODS = ("GET", "POST", "DELETE")
-_ECHO_MAX_CHARS = 60
 _CHALLENGE = 'Bearer realm="flask-durable-jobs"'
 
 
@@ -155,12 +141,6 @@ def _ext() -> DurableJobs:
     return get_state().ext
 
 
-def _echo(value: object) -> str:
-    """``value`` for an error message: quoted, and short even if the request was not."""
-    text = repr(value)
-    return text if len(text) <= _ECHO_MAX_CHARS else text[:_ECHO_MAX_CHARS] + "..."
-
-
 def _error_response(status: int, code: str, message: str, headers: t.Mapping[str, str]) -> Response:
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
@@ -174,40 +154,13 @@ def _empty_response(status: int, headers: t.Mapping[str, str] | None = None) -> 
     return response
 
 
-def _job_json(job: Job) -> dict[str, t.Any]:
-    """The job as the API shows it: secrets masked, ``last_error`` bounded."""
-    return masking.public_job(job)
-
-
-def _parse_int(name: str, text: str, *, minimum: int, maximum: int) -> int:
-    # Strict on purpose: int() would also take " 5", "+5", "5_0" and other scripts' digits.
-    if text.isascii() and text.isdigit() and len(text) <= len(str(maximum)):
-        value = int(text)
-        if minimum <= value <= maximum:
-            return value
-    raise ApiError(
-        400, f"{name} must be a whole number from {minimum} to {maximum}, got {_echo(text)}"
-    )
-
-
-def _int_arg(name: str, default: int, *, maximum: int) -> int:
-    text = request.args.get(name)
-    return default if text is None else _parse_int(name, text, minimum=1, maximum=maximum)
-
-
-def _text_arg(name: str) -> str | None:
-    value = request.args.get(name)
-    if value is None:
-        return None
-    if not value:
-        raise ApiError(400, f"{name} must not be empty; leave it out to match every {name}")
-    if "\x00" in value:
-        raise ApiError(400, f"{name} must not contain NUL characters")
-    return value
-
-
 def _job_id(text: str) -> int:
-    return _parse_int("job id", text, minimum=1, maximum=MAX_JOB_ID)
+    return schemas.validate_job_id(text)
+
+
+def _query(model: type[schemas.M]) -> schemas.M:
+    """The query string as ``model`` (the first value of a repeated parameter)."""
+    return schemas.validate(model, request.args.to_dict())
 
 
 def _bearer_token() -> str | None:
@@ -298,6 +251,8 @@ def _handle_error(exc: Exception) -> Response:
     """Render every failure under the prefix as the JSON error body, never a traceback."""
     if isinstance(exc, ApiError):
         return _error_response(exc.status, _ERROR_CODES[exc.status], exc.message, exc.headers)
+    if isinstance(exc, schemas.Invalid):
+        return _error_response(400, "bad_request", str(exc), {})
     if isinstance(exc, JobNotFound):
         return _error_response(404, "not_found", str(exc), {})
     if isinstance(exc, InvalidTransition):
@@ -323,17 +278,25 @@ def _handle_error(exc: Exception) -> Response:
 # -- routes ------------------------------------------------------------------
 
 
+_JOB_ID = {"job_id": (schemas.JobId, "A job id. Not a whole number: 404; outside the range: 400.")}
+_JOB_ERRORS = (400, 404, 409)
+
+
 @blueprint.get("/stats", **_route_options)
+@operation("getStats", "Counts by status and type, the oldest due job's age, and due jobs"
+           " no handler here can run", responses={200: (schemas.Stats, "The counts.")})
 def stats() -> Response:
     return jsonify(_ext().stats())
 
 
 @blueprint.get("/health", **_route_options)
+@operation("getHealth", "Whether this process's scheduler is alive, and the due backlog",
+           query=schemas.HealthQuery, errors=(400,), responses={
+               200: (schemas.Health, "Healthy."),
+               503: (schemas.Health, "Unhealthy; problems says why."),
+           })
 def health() -> Response:
-    text = request.args.get("max_due_age")
-    max_due_age = None if text is None else _parse_int(
-        "max_due_age", text, minimum=1, maximum=MAX_DUE_AGE_SECONDS
-    )
+    max_due_age = _query(schemas.HealthQuery).max_due_age
     report = health_report(get_state(), max_due_age=max_due_age)
     response = jsonify(report)
     response.status_code = 200 if report["healthy"] else 503
@@ -341,6 +304,9 @@ def health() -> Response:
 
 
 @blueprint.get("/periodic", **_route_options)
+@operation("listSchedules", "Recurring schedules registered in the answering process, with"
+           " their last and next fire times",
+           responses={200: (schemas.ScheduleList, "The schedules.")})
 def list_schedules() -> Response:
     from .periodic import describe
 
@@ -348,108 +314,108 @@ def list_schedules() -> Response:
 
 
 @blueprint.get("/batches/<batch_id>", **_route_options)
+@operation("getBatch", "Counts of a batch's jobs by status, and whether all have ended",
+           path={"batch_id": (schemas.BatchId, "The id enqueue_batch() returned.")},
+           errors=(404,), responses={200: (schemas.Batch, "The batch.")})
 def get_batch(batch_id: str) -> Response:
-    if len(batch_id) > 64:
+    if len(batch_id) > schemas.MAX_BATCH_ID_CHARS:
         raise ApiError(404, "no such batch")
     status = _ext().batch_status(batch_id)
     if status is None:
-        raise ApiError(404, f"no batch with id {_echo(batch_id)}")
+        raise ApiError(404, f"no batch with id {echo(batch_id)}")
     return jsonify(status)
 
 
 @blueprint.get("", strict_slashes=False, **_route_options)
+@operation("listJobs", "List jobs, newest first (also served at the prefix plus '/')",
+           query=schemas.ListQuery, errors=(400,),
+           responses={200: (schemas.JobList, "One page of jobs.")})
 def list_jobs() -> Response:
-    status = _text_arg("status")
-    if status is not None and status not in STATUSES:
-        raise ApiError(400, f"status must be one of {', '.join(STATUSES)}; got {_echo(status)}")
-    job_type = _text_arg("job_type")
-    queue = _text_arg("queue")
-    page = _int_arg("page", 1, maximum=MAX_PAGE)
-    per_page = _int_arg("per_page", DEFAULT_PER_PAGE, maximum=MAX_PER_PAGE)
+    query = _query(schemas.ListQuery)
     items, total = _ext().list_jobs(
-        status=status, job_type=job_type, queue=queue, page=page, per_page=per_page
+        status=query.status, job_type=query.job_type, queue=query.queue,
+        page=query.page, per_page=query.per_page,
     )
     return jsonify(
         {
-            "items": [_job_json(job) for job in items],
-            "page": page,
-            "per_page": per_page,
+            "items": [masking.public_job(job) for job in items],
+            "page": query.page,
+            "per_page": query.per_page,
             "total": total,
         }
     )
 
 
 @blueprint.get("/<durable_jobs_id:job_id>", **_route_options)
+@operation("getJob", "One job, its payload and result whole", path=_JOB_ID,
+           errors=(400, 404), responses={200: (schemas.Job, "The job.")})
 def get_job(job_id: str) -> Response:
     number = _job_id(job_id)
     job = _ext().get(number)
     if job is None:
         raise JobNotFound(number)
-    return jsonify(_job_json(job))
+    return jsonify(masking.public_job(job))
 
 
 @blueprint.post("/<durable_jobs_id:job_id>/retry", **_route_options)
+@operation("retryJob", "dead or cancelled -> pending, due now, attempts reset to 0",
+           path=_JOB_ID, errors=_JOB_ERRORS,
+           responses={200: (schemas.Job, "The job, now pending.")})
 def retry_job(job_id: str) -> Response:
-    return jsonify(_job_json(_ext().retry(_job_id(job_id))))
+    return jsonify(masking.public_job(_ext().retry(_job_id(job_id))))
 
 
 @blueprint.post("/<durable_jobs_id:job_id>/cancel", **_route_options)
+@operation("cancelJob", "pending or retrying -> cancelled", path=_JOB_ID,
+           errors=_JOB_ERRORS, responses={200: (schemas.Job, "The job, now cancelled.")})
 def cancel_job(job_id: str) -> Response:
-    return jsonify(_job_json(_ext().cancel(_job_id(job_id))))
+    return jsonify(masking.public_job(_ext().cancel(_job_id(job_id))))
 
 
 @blueprint.delete("/<durable_jobs_id:job_id>", **_route_options)
+@operation("deleteJob", "Delete a job that is not running", path=_JOB_ID,
+           errors=_JOB_ERRORS, responses={204: (None, "Deleted.")})
 def delete_job(job_id: str) -> Response:
     _ext().delete(_job_id(job_id))
     return _empty_response(204)
 
 
 @blueprint.post("/process", **_route_options)
+@operation("processDue", "Run due jobs now, in this request, and return the counts",
+           query=schemas.ProcessQuery, body=schemas.ProcessBody, errors=(400,),
+           responses={200: (schemas.ProcessCounts, "What the run did.")})
 def process() -> Response:
-    limit = _process_limit()
-    return jsonify(_ext().process_due(limit))
+    return jsonify(_ext().process_due(_process_limit()))
 
 
 def _process_limit() -> int | None:
     """``limit`` from the query string or the JSON body (not both), checked."""
-    query = request.args.get("limit")
-    body: t.Any = None
-    if request.get_data(cache=True):
-        body = request.get_json(force=True, silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, 'the request body must be a JSON object, like {"limit": 10}')
-    if query is not None and body is not None and "limit" in body:
+    query = _query(schemas.ProcessQuery)
+    if not request.get_data(cache=True):
+        return query.limit
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, 'the request body must be a JSON object, like {"limit": 10}')
+    if query.limit is not None and "limit" in data:
         raise ApiError(400, "give limit in the query string or in the JSON body, not both")
-    if query is not None:
-        return _parse_int("limit", query, minimum=1, maximum=MAX_PROCESS_LIMIT)
-    if body is None or body.get("limit") is None:
-        return None
-    limit = body["limit"]
-    # bool is an int subclass; {"limit": true} is a mistake, not 1.
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PROCESS_LIMIT:
-        raise ApiError(
-            400, f"limit must be a whole number from 1 to {MAX_PROCESS_LIMIT}, got {_echo(limit)}"
-        )
-    return limit
+    if query.limit is not None:
+        return query.limit
+    return schemas.validate(schemas.ProcessBody, data).limit
 
 
 @blueprint.get("/openapi.json", **_route_options)
+@operation("getOpenAPI", "This document", responses={
+    200: ({"type": "object"}, "The OpenAPI document."),
+})
 def openapi_document() -> Response:
+    routes = [
+        (rule.rule, rule.methods or (), current_app.view_functions[rule.endpoint])
+        for rule in current_app.url_map.iter_rules()
+        if rule.endpoint.startswith(BLUEPRINT_NAME + ".") and rule.endpoint != UNMATCHED_ENDPOINT
+    ]
     # json.dumps, not jsonify: the app's provider may sort keys, and the
-    # document reads best in the order it was written (it is plain JSON data).
-    document = json.dumps(
-        openapi.build(
-            get_state().settings.url_prefix,
-            server_url=request.script_root or "/",
-            max_per_page=MAX_PER_PAGE,
-            default_per_page=DEFAULT_PER_PAGE,
-            max_page=MAX_PAGE,
-            max_job_id=MAX_JOB_ID,
-            max_process_limit=MAX_PROCESS_LIMIT,
-            last_error_max_chars=LAST_ERROR_MAX_CHARS,
-            max_due_age=MAX_DUE_AGE_SECONDS,
-        )
-    )
+    # document reads best in the order it was built (it is plain JSON data).
+    document = json.dumps(openapi.build(routes, server_url=request.script_root or "/"))
     return current_app.response_class(document, mimetype="application/json")
 
 
@@ -460,7 +426,7 @@ def _unmatched(rest: str = "") -> Response:
         prefix = get_state().settings.url_prefix
         raise ApiError(
             404,
-            f"no admin API route at {_echo(request.path)} (job ids are whole numbers);"
+            f"no admin API route at {echo(request.path)} (job ids are whole numbers);"
             f" {prefix}/openapi.json lists the routes",
         )
     allow = ", ".join(allowed)
@@ -468,6 +434,6 @@ def _unmatched(rest: str = "") -> Response:
         return _empty_response(204, {"Allow": allow})
     raise ApiError(
         405,
-        f"{request.method} is not allowed at {_echo(request.path)}; allowed: {allow}",
+        f"{request.method} is not allowed at {echo(request.path)}; allowed: {allow}",
         headers={"Allow": allow},
     )

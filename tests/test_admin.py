@@ -418,13 +418,13 @@ def test_last_error_truncated(api: t.Any, jobs: DurableJobs) -> None:
     jobs.process_due()
     stored = jobs.get(long_id)
     assert stored is not None and stored.last_error is not None
-    assert len(stored.last_error) > admin.LAST_ERROR_MAX_CHARS
+    assert len(stored.last_error) > masking.LAST_ERROR_MAX_CHARS
     shown = api.get(f"{PREFIX}/{long_id}").get_json()["last_error"]
     marker = re.search(
         r"\n\[\.\.\. truncated: [\d,]+ of [\d,]+ characters not shown \.\.\.\]\n", shown
     )
     assert marker is not None
-    assert len(shown) - len(marker.group()) == admin.LAST_ERROR_MAX_CHARS
+    assert len(shown) - len(marker.group()) == masking.LAST_ERROR_MAX_CHARS
     assert shown.startswith(stored.last_error[: masking.LAST_ERROR_HEAD_CHARS])
     assert shown.endswith(stored.last_error[-100:])
     assert "RuntimeError: start-" in shown
@@ -727,6 +727,39 @@ def test_openapi_covers_exactly_the_routes(api: t.Any, app: Flask) -> None:
         if method != "parameters"
     ]
     assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_documented_query_parameters_are_the_validated_ones(api: t.Any) -> None:
+    """Every query parameter's documented bounds and words are exactly what the
+    route accepts: one definition serves both."""
+    doc = api.get(f"{PREFIX}/openapi.json").get_json()
+    checked = []
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "query":
+                    continue
+                name, schema = parameter["name"], parameter["schema"]
+                if schema.get("type") == "integer":
+                    low, high = schema["minimum"], schema["maximum"]
+                    good = [low, high]
+                    bad = [low - 1, high + 1]
+                elif "enum" in schema:
+                    good, bad = schema["enum"], ["not-one-of-them"]
+                else:
+                    assert schema == {"type": "string", "minLength": 1}, (path, name)
+                    good, bad = ["x"], [""]
+                for value in good:
+                    response = api.open(path, method=method, query_string={name: str(value)})
+                    assert response.status_code == 200, (path, name, value)
+                for value in bad:
+                    response = api.open(path, method=method, query_string={name: str(value)})
+                    message = assert_error(response, 400, "bad_request")
+                    assert message.startswith(name + " "), message
+                checked.append(name)
+    assert sorted(checked) == sorted(
+        ["status", "job_type", "queue", "page", "per_page", "max_due_age", "limit"]
+    )
 
 
 def test_openapi_schemas_match_responses(api: t.Any, jobs: DurableJobs, db: SQLAlchemy) -> None:
