@@ -3,13 +3,23 @@
 Choices a user can rely on (the docs repeat them):
 
 * Access is closed until configured. A request gets in when it carries
-  ``Authorization: Bearer <DURABLE_JOBS_ADMIN_TOKEN>`` (compared in constant
-  time) or when the ``@jobs.admin_authorizer`` function returns exactly
-  ``True`` for it. The token is checked first: a valid token never calls the
-  authorizer. A refused request that presented a bearer token gets 401 (the
-  token is wrong); one that presented none gets 403 when an authorizer said
-  no, 401 when only a token is configured. With neither configured every
-  route answers 403 saying how to enable the API.
+  ``Authorization: Bearer <token>`` with ``DURABLE_JOBS_ADMIN_TOKEN``
+  (everything) or ``DURABLE_JOBS_ADMIN_READ_TOKEN`` (reads only), compared in
+  constant time, or when the ``@jobs.admin_authorizer`` function returns
+  exactly ``True`` (everything) or ``"read"`` (reads only) for it. A token is
+  checked first: a valid token never calls the authorizer. A refused request
+  that presented a bearer token gets 401 (the token is wrong); one that
+  presented none gets 403 when an authorizer said no, 401 when only tokens
+  are configured. With nothing configured every route answers 403 saying how
+  to enable the API. A read-only caller gets 403 on any write.
+* Writes (every method but GET, HEAD and OPTIONS) refuse, with 403 and
+  whoever the caller is, what a page on another site could make a browser
+  send: an ``Origin`` naming another host, a ``Sec-Fetch-Site`` other than
+  ``same-origin`` or ``none``, a form or ``text/plain`` body. A write granted
+  by the authorizer (the host app's cookies) must also carry
+  ``Content-Type: application/json``, which a browser sends cross-site only
+  after a CORS preflight that this API never grants. A write granted by a
+  token needs no body: a browser never adds that header on its own.
 * The access check runs before routing answers: an unknown path or method
   under the prefix gets 401/403 like any other request, and 404/405 only once
   the caller may use the API, so strangers learn nothing about its shape.
@@ -59,6 +69,17 @@ BLUEPRINT_NAME = "durable_jobs_admin"
 #: Endpoint of the catch-all rules that answer unmatched paths and methods.
 UNMATCHED_ENDPOINT = f"{BLUEPRINT_NAME}.unmatched"
 
+#: Methods that only read; every other method is a write.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Bodies a page on another site can make a browser send without a CORS
+#: preflight (a form, ``fetch`` in no-cors mode); refused on every write.
+CROSS_SITE_BODIES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+#: ``Sec-Fetch-Site`` values of a request the API's own origin (or the user,
+#: typing or bookmarking) made; a sibling subdomain (``same-site``) is another site.
+OWN_SITE = frozenset({"same-origin", "none"})
+
 _ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -70,6 +91,7 @@ _ERROR_CODES = {
 }
 _ROUTED_METHODS = ("GET", "POST", "DELETE")
 _CHALLENGE = 'Bearer realm="flask-durable-jobs"'
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ApiError(Exception):
@@ -125,11 +147,14 @@ def register(app: Flask, ext: DurableJobs, settings: Settings) -> None:
     for path in (settings.url_prefix, settings.url_prefix + "/<durable_jobs_rest:rest>"):
         app.url_map.add(Rule(path, endpoint=UNMATCHED_ENDPOINT, methods=None, strict_slashes=False))
     app.view_functions[UNMATCHED_ENDPOINT] = _unmatched
-    if settings.admin_token is None and ext.authorizer is None:
+    if settings.admin_token is None and settings.admin_read_token is None and (
+        ext.authorizer is None
+    ):
         logger.warning(
             "The admin API at %s answers 403 to every request: set"
-            " DURABLE_JOBS_ADMIN_TOKEN, or register a function with"
-            " @jobs.admin_authorizer (also possible after init_app), to enable it.",
+            " DURABLE_JOBS_ADMIN_TOKEN (or DURABLE_JOBS_ADMIN_READ_TOKEN), or register"
+            " a function with @jobs.admin_authorizer (also possible after init_app),"
+            " to enable it.",
             settings.url_prefix,
         )
 
@@ -203,10 +228,32 @@ def _allowed_methods() -> list[str]:
 @blueprint.before_request
 def _check_access() -> None:
     """Let the request in, or raise the 401/403 the module docstring describes."""
+    write = request.method not in READ_METHODS
+    if write:
+        _refuse_cross_site()
+    role, by_token = _grant()
+    if write and role == "read":
+        raise ApiError(
+            403,
+            f"{request.method} is a write and this caller may only read"
+            " (DURABLE_JOBS_ADMIN_READ_TOKEN, or an authorizer that returned \"read\")",
+        )
+    if write and not by_token and request.mimetype != "application/json":
+        raise ApiError(
+            403,
+            "a write granted by the admin authorizer must send 'Content-Type:"
+            " application/json' (a page on another site cannot, so this keeps the"
+            " host app's cookies from acting for it)",
+        )
+
+
+def _grant() -> tuple[str, bool]:
+    """``(role, by_token)``: ``"all"`` or ``"read"``, and whether a token granted it."""
     state = get_state()
-    token = state.settings.admin_token
+    tokens = {"all": state.settings.admin_token, "read": state.settings.admin_read_token}
     authorizer = state.ext.authorizer
-    if token is None and authorizer is None:
+    configured = any(token is not None for token in tokens.values())
+    if not configured and authorizer is None:
         raise ApiError(
             403,
             "the admin API is not enabled: set DURABLE_JOBS_ADMIN_TOKEN and send"
@@ -214,29 +261,71 @@ def _check_access() -> None:
             " @jobs.admin_authorizer that returns True for requests to let in",
         )
     presented = _bearer_token()
-    if (
-        token is not None
-        and presented is not None
-        and hmac.compare_digest(_raw_bytes(presented), token.encode("utf-8"))
-    ):
-        return
-    # Exactly True: an authorizer that returns a user object or a string by
-    # mistake must not open the API.
-    if authorizer is not None and authorizer() is True:
-        return
-    if token is not None and presented is not None:
+    if presented is not None:
+        raw = _raw_bytes(presented)
+        for role, token in tokens.items():
+            if token is not None and hmac.compare_digest(raw, token.encode("utf-8")):
+                return role, True
+    if authorizer is not None:
+        verdict = authorizer()
+        # Exactly True or "read": an authorizer that returns a user object or
+        # another string by mistake must not open the API.
+        if verdict is True:
+            return "all", False
+        if isinstance(verdict, str) and verdict == "read":
+            return "read", False
+    if configured and presented is not None:
         raise ApiError(
             401,
             "the bearer token is not valid",
             headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'},
         )
-    if token is not None and authorizer is None:
+    if configured and authorizer is None:
         raise ApiError(
             401,
             "this request has no 'Authorization: Bearer <token>' header",
             headers={"WWW-Authenticate": _CHALLENGE},
         )
     raise ApiError(403, "the admin authorizer refused this request")
+
+
+def _refuse_cross_site() -> None:
+    """403 for a write that a page on another site could make a browser send."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in OWN_SITE:
+        raise ApiError(
+            403,
+            f"cross-site write refused: Sec-Fetch-Site is {echo(site)}; the admin API"
+            " takes writes only from its own origin",
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_host(origin):
+        raise ApiError(
+            403,
+            f"cross-site write refused: Origin {echo(origin)} is not this server"
+            f" ({echo(request.host)})",
+        )
+    if request.mimetype in CROSS_SITE_BODIES:
+        raise ApiError(
+            403,
+            f"a {request.mimetype} body is refused on writes, since a page on another site"
+            " can send one; send JSON with 'Content-Type: application/json', or no body",
+        )
+
+
+def _same_host(origin: str) -> bool:
+    """``origin`` (``scheme://host[:port]``) names the host this request was sent to.
+
+    The scheme is not compared: behind a proxy that ends TLS the app may see
+    ``http`` while the browser says ``https``. ``"null"`` (a sandboxed or
+    privacy-sensitive context) is never this server.
+    """
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not rest or "/" in rest:
+        return False
+    default = f":{_DEFAULT_PORTS[scheme]}"
+    host = request.host.lower()
+    return rest.removesuffix(default) == host.removesuffix(default)
 
 
 @blueprint.after_request
@@ -393,9 +482,13 @@ def _process_limit() -> int | None:
     query = _query(schemas.ProcessQuery)
     if not request.get_data(cache=True):
         return query.limit
-    data = request.get_json(force=True, silent=True)
+    # Only a body that says it is JSON is read as JSON.
+    data = request.get_json(silent=True) if request.is_json else None
     if not isinstance(data, dict):
-        raise ApiError(400, 'the request body must be a JSON object, like {"limit": 10}')
+        raise ApiError(
+            400, "the request body must be a JSON object sent with 'Content-Type:"
+            ' application/json\', like {"limit": 10}'
+        )
     if query.limit is not None and "limit" in data:
         raise ApiError(400, "give limit in the query string or in the JSON body, not both")
     if query.limit is not None:

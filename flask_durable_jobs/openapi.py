@@ -172,8 +172,10 @@ _ERROR_ANSWERS = {
     400: "A bad parameter; the message names it and says why.",
     401: "A token is configured and the request sent a wrong one, or sent none while no"
     " authorizer is registered.",
-    403: "The authorizer refused a request that sent no bearer token, or no access is"
-    " configured at all.",
+    403: "Refused: the authorizer said no, no access is configured, a read-only caller"
+    " asked for a write, or a write came from another site (an Origin or Sec-Fetch-Site"
+    " of another site, a form or text/plain body, or no Content-Type: application/json"
+    " on a write the authorizer granted).",
     404: "No such job, batch or route.",
     409: "The job's status does not allow the action.",
     500: "An unexpected failure; the server log has the details.",
@@ -214,10 +216,13 @@ def build(
             "version": __version__,
             "description": "Inspect and act on durable jobs. Every answer is JSON;"
             ' errors are {"error": {"code", "message"}}. Access needs'
-            " 'Authorization: Bearer <DURABLE_JOBS_ADMIN_TOKEN>' or a function registered"
-            " with @jobs.admin_authorizer that returns True for the request. Paths under"
-            " the prefix that match no route answer 404 (405 with an Allow header for a"
-            " known path and another method), after the access check.",
+            " 'Authorization: Bearer <DURABLE_JOBS_ADMIN_TOKEN>' (or the read-only"
+            " DURABLE_JOBS_ADMIN_READ_TOKEN, for GET), or a function registered with"
+            ' @jobs.admin_authorizer that returns True (or "read") for the request.'
+            " A write granted by the authorizer must send Content-Type: application/json;"
+            " writes a page on another site could make a browser send are refused."
+            " Paths under the prefix that match no route answer 404 (405 with an Allow"
+            " header for a known path and another method), after the access check.",
         },
         "servers": [{"url": server_url}],
         "security": [{"bearerToken": []}],
@@ -229,7 +234,8 @@ def build(
                 "bearerToken": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The value of DURABLE_JOBS_ADMIN_TOKEN.",
+                    "description": "DURABLE_JOBS_ADMIN_TOKEN (everything) or"
+                    " DURABLE_JOBS_ADMIN_READ_TOKEN (GET only).",
                 }
             },
         },

@@ -10,6 +10,7 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 from flask import Flask, abort, request
+from flask.testing import FlaskClient
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import STATUSES, Discard, DurableJobs, admin, config, masking
@@ -63,11 +64,23 @@ def handlers(jobs: DurableJobs) -> DurableJobs:
     return jobs
 
 
+class JsonClient(FlaskClient):
+    """Sends ``Content-Type: application/json`` unless the request says otherwise,
+    as the host app's own pages do (a write the authorizer grants needs it)."""
+
+    def open(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if not {"json", "data", "content_type"} & kwargs.keys():
+            headers = kwargs.get("headers") or {}
+            kwargs["headers"] = {"Content-Type": "application/json", **headers}
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture
-def api(app: Flask, client: t.Any, handlers: DurableJobs) -> t.Any:
+def api(app: Flask, handlers: DurableJobs) -> t.Any:
     """A client the admin API lets in (through an authorizer), handlers registered."""
     handlers.admin_authorizer(lambda: True)
-    return client
+    app.test_client_class = JsonClient
+    return app.test_client()
 
 
 def assert_error(response: t.Any, status: int, code: str) -> str:
