@@ -33,7 +33,7 @@ Choices a user can rely on (the docs repeat them):
   Digits outside 1..2**63-1 answer 400, so no id can overflow a database
   integer.
 * Job data is shown as :func:`.masking.public_job` makes it: secrets masked,
-  ``last_error`` bounded.
+  ``last_error`` bounded; in lists a large payload or result is a preview.
 * ``GET {prefix}/health`` answers :func:`.health.health_report` for the
   answering process: 200 when healthy, 503 with the same body when not. It
   sits behind the same access check as every other route.
@@ -399,7 +399,10 @@ def health() -> Response:
 def list_schedules() -> Response:
     from .periodic import describe
 
-    return jsonify({"items": describe(get_state())})
+    items = describe(get_state())
+    for item in items:
+        item["payload"] = masking.mask(item["payload"])
+    return jsonify({"items": items})
 
 
 @blueprint.get("/batches/<batch_id>", **_route_options)
@@ -427,7 +430,7 @@ def list_jobs() -> Response:
     )
     return jsonify(
         {
-            "items": [masking.public_job(job) for job in items],
+            "items": [masking.public_job(job, summary=True) for job in items],
             "page": query.page,
             "per_page": query.per_page,
             "total": total,

@@ -270,7 +270,9 @@ class _JobFields(BaseModel):
     orphan_policy: str
     owner: str | None
     batch_id: str | None
-    callback_url: str | None
+    callback_url: str | None = Field(
+        description="Where the job's completion is posted; its user and password masked."
+    )
     callback_status: str | None
     callback_attempts: Count
     callback_error: str | None
@@ -285,8 +287,25 @@ class Job(_JobFields):
     result: t.Any = Field(description="The handler's JSON result, or null.")
 
 
+_PREVIEW = (
+    f"When its JSON text is longer than {masking.PREVIEW_CHARS:,} characters, a string:"
+    " the text's beginning and a marker saying how long it is (the job's own route"
+    " answers the whole)."
+)
+
+
+class JobSummary(_JobFields):
+    """A job in a list: as one job, except that a large payload or result is a
+    preview."""
+
+    payload: dict[str, t.Any] | str = Field(description="The payload. " + _PREVIEW)
+    result: t.Any = Field(description="The handler's JSON result, or null. " + _PREVIEW)
+    payload_truncated: bool = Field(description="True when payload is a preview.")
+    result_truncated: bool = Field(description="True when result is a preview.")
+
+
 class JobList(BaseModel):
-    items: list[Job]
+    items: list[JobSummary]
     page: int = Field(ge=1)
     per_page: int = Field(ge=1, le=MAX_PER_PAGE)
     total: Count
@@ -361,7 +380,7 @@ class Batch(BaseModel):
 
 
 class Schedule(BaseModel):
-    """A recurring schedule registered in the answering process."""
+    """A recurring schedule registered in the answering process (payload masked)."""
 
     key: str
     job_type: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import typing as t
@@ -165,7 +166,9 @@ def test_list_defaults_and_trailing_slash(api: t.Any, jobs: DurableJobs) -> None
         assert response.status_code == 200
         body = response.get_json()
         assert (body["page"], body["per_page"], body["total"]) == (1, 50, 1)
-        assert body["items"] == [api.get(f"{PREFIX}/{job.id}").get_json()]
+        detail = api.get(f"{PREFIX}/{job.id}").get_json()
+        # A small payload and result are shown whole in the list, as in the detail.
+        assert body["items"] == [{**detail, "payload_truncated": False, "result_truncated": False}]
 
 
 def test_list_filters(api: t.Any, jobs: DurableJobs, db: SQLAlchemy) -> None:
@@ -423,6 +426,76 @@ def test_secrets_masked_in_every_response(api: t.Any, jobs: DurableJobs) -> None
     stored = jobs.get(job_id)
     assert stored is not None
     assert stored.payload == SECRETS and stored.result == SECRETS
+
+
+def test_list_shows_a_preview_of_a_large_payload_and_the_detail_shows_it_whole(
+    api: t.Any, jobs: DurableJobs
+) -> None:
+    # "a" leads on both databases (PostgreSQL's jsonb orders keys by length).
+    big = {"a": {"password": "hunter2"}, "rows": ["x" * 100] * 100}
+    job_id = jobs.enqueue("t.ok", big).id
+    jobs.process_due()  # t.ok returns its payload: the result is as large
+    [item] = api.get(PREFIX).get_json()["items"]
+    full_text = json.dumps(masking.mask(big), separators=(",", ":"))
+    for field in ("payload", "result"):
+        preview = item[field]
+        assert isinstance(preview, str) and item[f"{field}_truncated"] is True
+        head, _, marker = preview.partition("... [")
+        assert len(head) == masking.PREVIEW_CHARS
+        assert marker == f"{len(full_text):,} characters in all]"
+        assert "hunter2" not in preview and masking.MASK in preview
+    detail = api.get(f"{PREFIX}/{job_id}").get_json()
+    assert detail["payload"] == {**big, "a": {"password": masking.MASK}}
+    assert detail["result"] == detail["payload"]
+    assert "payload_truncated" not in detail
+
+
+def test_a_payload_nested_deeper_than_enqueue_accepts_is_shown_cut(
+    api: t.Any, jobs: DurableJobs, db: SQLAlchemy
+) -> None:
+    """A payload written into the table by other means, 500 levels deep: the
+    answers cut it at masking's depth instead of failing."""
+    job_id = jobs.enqueue("t.ok", {"n": 1}).id
+    deep: t.Any = {"token": "t-1", "leaf": 1}
+    for _ in range(500):
+        deep = {"password": "p", "next": deep}
+    table = db.metadata.tables[TABLE_NAME]
+    db.session.execute(sa.update(table).where(table.c.id == job_id).values(payload=deep))
+    db.session.commit()
+
+    for body in (api.get(f"{PREFIX}/{job_id}").get_json(), api.get(PREFIX).get_json()["items"][0],
+                 api.post(f"{PREFIX}/{job_id}/cancel").get_json()):
+        payload = body["payload"]
+        if isinstance(payload, str):  # the list's preview
+            assert body["payload_truncated"] and '"password":"********"' in payload
+            continue
+        levels = 0
+        while isinstance(payload, dict):
+            assert payload["password"] == masking.MASK
+            payload = payload["next"]
+            levels += 1
+        assert payload == masking.TOO_DEEP
+        assert levels == masking.MAX_DEPTH + 1  # the payload itself and 100 levels below
+
+
+@pytest.mark.config(
+    DURABLE_JOBS_CALLBACK_SECRET="callback-signing-secret",
+    DURABLE_JOBS_CALLBACK_HOSTS=["hooks.example.com"],
+)
+def test_callback_url_user_and_password_are_masked(api: t.Any, jobs: DurableJobs) -> None:
+    url = "https://ops:s3cr3t-pw@hooks.example.com/done?api_key=k-9&ref=7"
+    job_id = jobs.enqueue("t.ok", {}, delay=60, callback_url=url).id
+    shown = "https://********@hooks.example.com/done?api_key=********&ref=7"
+    assert api.get(f"{PREFIX}/{job_id}").get_json()["callback_url"] == shown
+    assert api.get(PREFIX).get_json()["items"][0]["callback_url"] == shown
+    cancelled = api.post(f"{PREFIX}/{job_id}/cancel")
+    assert cancelled.get_json()["callback_url"] == shown
+    retried = api.post(f"{PREFIX}/{job_id}/retry")
+    assert retried.get_json()["callback_url"] == shown
+    for response in (cancelled, retried):
+        assert b"s3cr3t-pw" not in response.data and b"k-9" not in response.data
+    stored = jobs.get(job_id)
+    assert stored is not None and stored.callback_url == url
 
 
 def test_last_error_truncated(api: t.Any, jobs: DurableJobs) -> None:
