@@ -3,13 +3,23 @@
 Choices a user can rely on (the docs repeat them):
 
 * Access is closed until configured. A request gets in when it carries
-  ``Authorization: Bearer <DURABLE_JOBS_ADMIN_TOKEN>`` (compared in constant
-  time) or when the ``@jobs.admin_authorizer`` function returns exactly
-  ``True`` for it. The token is checked first: a valid token never calls the
-  authorizer. A refused request that presented a bearer token gets 401 (the
-  token is wrong); one that presented none gets 403 when an authorizer said
-  no, 401 when only a token is configured. With neither configured every
-  route answers 403 saying how to enable the API.
+  ``Authorization: Bearer <token>`` with ``DURABLE_JOBS_ADMIN_TOKEN``
+  (everything) or ``DURABLE_JOBS_ADMIN_READ_TOKEN`` (reads only), compared in
+  constant time, or when the ``@jobs.admin_authorizer`` function returns
+  exactly ``True`` (everything) or ``"read"`` (reads only) for it. A token is
+  checked first: a valid token never calls the authorizer. A refused request
+  that presented a bearer token gets 401 (the token is wrong); one that
+  presented none gets 403 when an authorizer said no, 401 when only tokens
+  are configured. With nothing configured every route answers 403 saying how
+  to enable the API. A read-only caller gets 403 on any write.
+* Writes (every method but GET, HEAD and OPTIONS) refuse, with 403 and
+  whoever the caller is, what a page on another site could make a browser
+  send: an ``Origin`` naming another host, a ``Sec-Fetch-Site`` other than
+  ``same-origin`` or ``none``, a form or ``text/plain`` body. A write granted
+  by the authorizer (the host app's cookies) must also carry
+  ``Content-Type: application/json``, which a browser sends cross-site only
+  after a CORS preflight that this API never grants. A write granted by a
+  token needs no body: a browser never adds that header on its own.
 * The access check runs before routing answers: an unknown path or method
   under the prefix gets 401/403 like any other request, and 404/405 only once
   the caller may use the API, so strangers learn nothing about its shape.
@@ -17,40 +27,41 @@ Choices a user can rely on (the docs repeat them):
   (``{"error": {"code", "message"}}``); a catch-all rule keeps unmatched paths
   and methods away from the app's own 404/405 handlers, and nothing here
   changes how the rest of the app answers.
-* Job ids in paths are digits; anything else is not a job route (404). Digits
-  outside 1..2**63-1 answer 400, so no id can overflow a database integer.
-* ``payload`` and ``result`` are masked (:mod:`.masking`); ``last_error`` is
-  cut to :data:`LAST_ERROR_MAX_CHARS` characters (plus a marker) so one
-  runaway traceback cannot bloat a page of jobs.
-* ``GET {prefix}/health`` describes the answering process (see
-  :func:`health_report`): 200 when healthy, 503 with the same body when not.
-  It sits behind the same access check as every other route.
+* Parameters, bodies and answers are defined once, in :mod:`.schemas`; the
+  routes validate with it and :mod:`.openapi` builds the served document from
+  it. Job ids in paths are digits; anything else is not a job route (404).
+  Digits outside 1..2**63-1 answer 400, so no id can overflow a database
+  integer.
+* Job data is shown as :func:`.masking.public_job` makes it: secrets masked,
+  ``last_error`` bounded; in lists a large payload or result is a preview.
+* ``GET {prefix}/health`` answers :func:`.health.health_report` for the
+  answering process: 200 when healthy, 503 with the same body when not. It
+  sits behind the same access check as every other route.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import json
 import logging
-import os
 import typing as t
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, Rule
 
-from . import masking, openapi
+from . import masking, openapi, schemas
 from .errors import InvalidTransition, JobNotFound
-from .models import STATUSES, UTC
-from .scheduler import AFTER_FORK, NEVER
+from .extension import get_state
+from .health import health_report
+from .openapi import operation
+from .schemas import echo
 
 if t.TYPE_CHECKING:
     from flask import Response
 
     from .config import Settings
-    from .extension import DurableJobs, State
-    from .models import Job
+    from .extension import DurableJobs
 
 logger = logging.getLogger("flask_durable_jobs")
 
@@ -58,24 +69,16 @@ BLUEPRINT_NAME = "durable_jobs_admin"
 #: Endpoint of the catch-all rules that answer unmatched paths and methods.
 UNMATCHED_ENDPOINT = f"{BLUEPRINT_NAME}.unmatched"
 
-#: ``last_error`` longer than this is shown as its first and last parts with a
-#: marker between them: the exception's type and message lead, and a traceback
-#: ends with the innermost frames, so both ends are what an operator needs.
-LAST_ERROR_MAX_CHARS = masking.LAST_ERROR_MAX_CHARS
-DEFAULT_PER_PAGE = 50
-MAX_PER_PAGE = 200
-#: Keeps ``(page - 1) * per_page`` far inside a 64-bit OFFSET.
-MAX_PAGE = 2**31 - 1
-#: The largest id a BIGINT (and SQLite's rowid) can hold.
-MAX_JOB_ID = 2**63 - 1
-#: Most jobs one ``POST {prefix}/process`` may claim; it runs inside the request.
-MAX_PROCESS_LIMIT = 10_000
-#: A running scheduler whose due-job tick has not fired for this many poll
-#: intervals, and at least :data:`HEALTH_MIN_STALL_SECONDS`, is stalled.
-HEALTH_STALL_INTERVALS = 3
-HEALTH_MIN_STALL_SECONDS = 5.0
-#: Largest ``max_due_age`` (seconds) the health route takes: a year.
-MAX_DUE_AGE_SECONDS = 366 * 24 * 3600
+#: Methods that only read; every other method is a write.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Bodies a page on another site can make a browser send without a CORS
+#: preflight (a form, ``fetch`` in no-cors mode); refused on every write.
+CROSS_SITE_BODIES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+#: ``Sec-Fetch-Site`` values of a request the API's own origin (or the user,
+#: typing or bookmarking) made; a sibling subdomain (``same-site``) is another site.
+OWN_SITE = frozenset({"same-origin", "none"})
 
 _ERROR_CODES = {
     400: "bad_request",
@@ -87,8 +90,8 @@ _ERROR_CODES = {
     500: "internal_error",
 }
 _ROUTED_METHODS = ("GET", "POST", "DELETE")
-_ECHO_MAX_CHARS = 60
 _CHALLENGE = 'Bearer realm="flask-durable-jobs"'
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ApiError(Exception):
@@ -144,11 +147,14 @@ def register(app: Flask, ext: DurableJobs, settings: Settings) -> None:
     for path in (settings.url_prefix, settings.url_prefix + "/<durable_jobs_rest:rest>"):
         app.url_map.add(Rule(path, endpoint=UNMATCHED_ENDPOINT, methods=None, strict_slashes=False))
     app.view_functions[UNMATCHED_ENDPOINT] = _unmatched
-    if settings.admin_token is None and ext._admin_authorizer is None:
+    if settings.admin_token is None and settings.admin_read_token is None and (
+        ext.authorizer is None
+    ):
         logger.warning(
             "The admin API at %s answers 403 to every request: set"
-            " DURABLE_JOBS_ADMIN_TOKEN, or register a function with"
-            " @jobs.admin_authorizer (also possible after init_app), to enable it.",
+            " DURABLE_JOBS_ADMIN_TOKEN (or DURABLE_JOBS_ADMIN_READ_TOKEN), or register"
+            " a function with @jobs.admin_authorizer (also possible after init_app),"
+            " to enable it.",
             settings.url_prefix,
         )
 
@@ -156,18 +162,8 @@ def register(app: Flask, ext: DurableJobs, settings: Settings) -> None:
 # -- helpers ---------------------------------------------------------------
 
 
-def _state() -> State:
-    return t.cast("State", current_app.extensions["durable_jobs"])
-
-
 def _ext() -> DurableJobs:
-    return _state().ext
-
-
-def _echo(value: object) -> str:
-    """``value`` for an error message: quoted, and short even if the request was not."""
-    text = repr(value)
-    return text if len(text) <= _ECHO_MAX_CHARS else text[:_ECHO_MAX_CHARS] + "..."
+    return get_state().ext
 
 
 def _error_response(status: int, code: str, message: str, headers: t.Mapping[str, str]) -> Response:
@@ -183,40 +179,13 @@ def _empty_response(status: int, headers: t.Mapping[str, str] | None = None) -> 
     return response
 
 
-def _job_json(job: Job) -> dict[str, t.Any]:
-    """The job as the API shows it: secrets masked, ``last_error`` bounded."""
-    return masking.public_job(job)
-
-
-def _parse_int(name: str, text: str, *, minimum: int, maximum: int) -> int:
-    # Strict on purpose: int() would also take " 5", "+5", "5_0" and other scripts' digits.
-    if text.isascii() and text.isdigit() and len(text) <= len(str(maximum)):
-        value = int(text)
-        if minimum <= value <= maximum:
-            return value
-    raise ApiError(
-        400, f"{name} must be a whole number from {minimum} to {maximum}, got {_echo(text)}"
-    )
-
-
-def _int_arg(name: str, default: int, *, maximum: int) -> int:
-    text = request.args.get(name)
-    return default if text is None else _parse_int(name, text, minimum=1, maximum=maximum)
-
-
-def _text_arg(name: str) -> str | None:
-    value = request.args.get(name)
-    if value is None:
-        return None
-    if not value:
-        raise ApiError(400, f"{name} must not be empty; leave it out to match every {name}")
-    if "\x00" in value:
-        raise ApiError(400, f"{name} must not contain NUL characters")
-    return value
-
-
 def _job_id(text: str) -> int:
-    return _parse_int("job id", text, minimum=1, maximum=MAX_JOB_ID)
+    return schemas.validate_job_id(text)
+
+
+def _query(model: type[schemas.M]) -> schemas.M:
+    """The query string as ``model`` (the first value of a repeated parameter)."""
+    return schemas.validate(model, request.args.to_dict())
 
 
 def _bearer_token() -> str | None:
@@ -259,10 +228,32 @@ def _allowed_methods() -> list[str]:
 @blueprint.before_request
 def _check_access() -> None:
     """Let the request in, or raise the 401/403 the module docstring describes."""
-    state = _state()
-    token = state.settings.admin_token
-    authorizer = state.ext._admin_authorizer
-    if token is None and authorizer is None:
+    write = request.method not in READ_METHODS
+    if write:
+        _refuse_cross_site()
+    role, by_token = _grant()
+    if write and role == "read":
+        raise ApiError(
+            403,
+            f"{request.method} is a write and this caller may only read"
+            " (DURABLE_JOBS_ADMIN_READ_TOKEN, or an authorizer that returned \"read\")",
+        )
+    if write and not by_token and request.mimetype != "application/json":
+        raise ApiError(
+            403,
+            "a write granted by the admin authorizer must send 'Content-Type:"
+            " application/json' (a page on another site cannot, so this keeps the"
+            " host app's cookies from acting for it)",
+        )
+
+
+def _grant() -> tuple[str, bool]:
+    """``(role, by_token)``: ``"all"`` or ``"read"``, and whether a token granted it."""
+    state = get_state()
+    tokens = {"all": state.settings.admin_token, "read": state.settings.admin_read_token}
+    authorizer = state.ext.authorizer
+    configured = any(token is not None for token in tokens.values())
+    if not configured and authorizer is None:
         raise ApiError(
             403,
             "the admin API is not enabled: set DURABLE_JOBS_ADMIN_TOKEN and send"
@@ -270,29 +261,71 @@ def _check_access() -> None:
             " @jobs.admin_authorizer that returns True for requests to let in",
         )
     presented = _bearer_token()
-    if (
-        token is not None
-        and presented is not None
-        and hmac.compare_digest(_raw_bytes(presented), token.encode("utf-8"))
-    ):
-        return
-    # Exactly True: an authorizer that returns a user object or a string by
-    # mistake must not open the API.
-    if authorizer is not None and authorizer() is True:
-        return
-    if token is not None and presented is not None:
+    if presented is not None:
+        raw = _raw_bytes(presented)
+        for role, token in tokens.items():
+            if token is not None and hmac.compare_digest(raw, token.encode("utf-8")):
+                return role, True
+    if authorizer is not None:
+        verdict = authorizer()
+        # Exactly True or "read": an authorizer that returns a user object or
+        # another string by mistake must not open the API.
+        if verdict is True:
+            return "all", False
+        if isinstance(verdict, str) and verdict == "read":
+            return "read", False
+    if configured and presented is not None:
         raise ApiError(
             401,
             "the bearer token is not valid",
             headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'},
         )
-    if token is not None and authorizer is None:
+    if configured and authorizer is None:
         raise ApiError(
             401,
             "this request has no 'Authorization: Bearer <token>' header",
             headers={"WWW-Authenticate": _CHALLENGE},
         )
     raise ApiError(403, "the admin authorizer refused this request")
+
+
+def _refuse_cross_site() -> None:
+    """403 for a write that a page on another site could make a browser send."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in OWN_SITE:
+        raise ApiError(
+            403,
+            f"cross-site write refused: Sec-Fetch-Site is {echo(site)}; the admin API"
+            " takes writes only from its own origin",
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_host(origin):
+        raise ApiError(
+            403,
+            f"cross-site write refused: Origin {echo(origin)} is not this server"
+            f" ({echo(request.host)})",
+        )
+    if request.mimetype in CROSS_SITE_BODIES:
+        raise ApiError(
+            403,
+            f"a {request.mimetype} body is refused on writes, since a page on another site"
+            " can send one; send JSON with 'Content-Type: application/json', or no body",
+        )
+
+
+def _same_host(origin: str) -> bool:
+    """``origin`` (``scheme://host[:port]``) names the host this request was sent to.
+
+    The scheme is not compared: behind a proxy that ends TLS the app may see
+    ``http`` while the browser says ``https``. ``"null"`` (a sandboxed or
+    privacy-sensitive context) is never this server.
+    """
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not rest or "/" in rest:
+        return False
+    default = f":{_DEFAULT_PORTS[scheme]}"
+    host = request.host.lower()
+    return rest.removesuffix(default) == host.removesuffix(default)
 
 
 @blueprint.after_request
@@ -307,6 +340,8 @@ def _handle_error(exc: Exception) -> Response:
     """Render every failure under the prefix as the JSON error body, never a traceback."""
     if isinstance(exc, ApiError):
         return _error_response(exc.status, _ERROR_CODES[exc.status], exc.message, exc.headers)
+    if isinstance(exc, schemas.Invalid):
+        return _error_response(400, "bad_request", str(exc), {})
     if isinstance(exc, JobNotFound):
         return _error_response(404, "not_found", str(exc), {})
     if isinstance(exc, InvalidTransition):
@@ -332,220 +367,151 @@ def _handle_error(exc: Exception) -> Response:
 # -- routes ------------------------------------------------------------------
 
 
+_JOB_ID = {"job_id": (schemas.JobId, "A job id. Not a whole number: 404; outside the range: 400.")}
+_JOB_ERRORS = (400, 404, 409)
+
+
 @blueprint.get("/stats", **_route_options)
+@operation("getStats", "Counts by status and type, the oldest due job's age, and due jobs"
+           " no handler here can run", responses={200: (schemas.Stats, "The counts.")})
 def stats() -> Response:
     return jsonify(_ext().stats())
 
 
-def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, t.Any]:
-    """This process's scheduler and the due backlog, with a ``healthy`` verdict.
-
-    ``scheduler`` is one of:
-
-    * ``running``: its APScheduler runs and the due-job tick fired recently;
-    * ``stalled``: its APScheduler runs but the tick has not fired for
-      ``stall_after_seconds``;
-    * ``dead``: it was started here and its APScheduler no longer runs;
-    * ``stopped``: it should run here (it started at ``init_app``) and was
-      stopped (``jobs.stop()``, or the interpreter is exiting);
-    * ``disabled``: ``DURABLE_JOBS_SCHEDULER = False`` and none was started;
-    * ``not_started``: a process that never runs it (a ``flask`` command such
-      as ``flask jobs health`` itself, gunicorn's master before the fork).
-
-    The last two are healthy: nothing here is meant to tick. The process is
-    unhealthy when the scheduler is ``stalled``, ``dead`` or ``stopped``, when
-    the backlog cannot be read, or when the oldest due job has waited longer
-    than ``max_due_age`` seconds (given). ``problems`` says why, in words.
-
-    The tick proves that the scheduler fires, not that a processor loop
-    already inside a slow statement moves on: ``max_due_age`` catches that,
-    and work stuck anywhere, from any process.
-    """
-    settings = state.settings
-    now = dt.datetime.now(UTC)
-    stall_after = max(HEALTH_STALL_INTERVALS * settings.poll_interval, HEALTH_MIN_STALL_SECONDS)
-    problems: list[str] = []
-    scheduler = state.scheduler
-    if scheduler is not None:
-        last = scheduler.last_tick or scheduler.started_at
-        silent = 0.0 if last is None else (now - last).total_seconds()
-        if not scheduler.running:
-            status = "dead"
-            problems.append("the scheduler started in this process is no longer running")
-        elif silent > stall_after:
-            status = "stalled"
-            problems.append(
-                f"the scheduler's due-job tick last fired {silent:.1f} s ago"
-                f" (stalled after {stall_after:g} s)"
-            )
-        else:
-            status = "running"
-    elif not settings.scheduler:
-        status = "disabled"
-    elif state.start_policy in (NEVER, AFTER_FORK):
-        status = "not_started"
-    else:
-        status = "stopped"
-        problems.append("the scheduler of this process was stopped")
-
-    due_count: int | None = None
-    oldest: float | None = None
-    try:
-        due_count, oldest = state.store.due_backlog(state.now())
-    except Exception as exc:
-        logger.warning("health: reading the due backlog failed", exc_info=True)
-        problems.append(
-            f"the due backlog could not be read ({type(exc).__name__}); the log has the details"
-        )
-    if max_due_age is not None and oldest is not None and oldest > max_due_age:
-        problems.append(
-            f"the oldest due job has waited {oldest:.1f} s (more than max_due_age,"
-            f" {max_due_age} s)"
-        )
-
-    runner = state._runner
-    return {
-        "healthy": not problems,
-        "problems": problems,
-        "scheduler": status,
-        "pid": os.getpid(),
-        "worker_id": None if runner is None else runner.worker_id,
-        "started_at": _iso(None if scheduler is None else scheduler.started_at),
-        "last_tick": _iso(None if scheduler is None else scheduler.last_tick),
-        "last_sweep": _iso(None if scheduler is None else scheduler.last_sweep),
-        "stall_after_seconds": stall_after,
-        "due_count": due_count,
-        "oldest_due_age_seconds": oldest,
-        "checked_at": now.isoformat(),
-    }
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
 @blueprint.get("/health", **_route_options)
+@operation("getHealth", "Whether this process's scheduler is alive, and the due backlog",
+           query=schemas.HealthQuery, errors=(400,), responses={
+               200: (schemas.Health, "Healthy."),
+               503: (schemas.Health, "Unhealthy; problems says why."),
+           })
 def health() -> Response:
-    text = request.args.get("max_due_age")
-    max_due_age = None if text is None else _parse_int(
-        "max_due_age", text, minimum=1, maximum=MAX_DUE_AGE_SECONDS
-    )
-    report = health_report(_state(), max_due_age=max_due_age)
+    max_due_age = _query(schemas.HealthQuery).max_due_age
+    report = health_report(get_state(), max_due_age=max_due_age)
     response = jsonify(report)
     response.status_code = 200 if report["healthy"] else 503
     return response
 
 
 @blueprint.get("/periodic", **_route_options)
+@operation("listSchedules", "Recurring schedules registered in the answering process, with"
+           " their last and next fire times",
+           responses={200: (schemas.ScheduleList, "The schedules.")})
 def list_schedules() -> Response:
     from .periodic import describe
 
-    return jsonify({"items": describe(_state())})
+    items = describe(get_state())
+    for item in items:
+        item["payload"] = masking.mask(item["payload"])
+    return jsonify({"items": items})
 
 
 @blueprint.get("/batches/<batch_id>", **_route_options)
+@operation("getBatch", "Counts of a batch's jobs by status, and whether all have ended",
+           path={"batch_id": (schemas.BatchId, "The id enqueue_batch() returned.")},
+           errors=(404,), responses={200: (schemas.Batch, "The batch.")})
 def get_batch(batch_id: str) -> Response:
-    if len(batch_id) > 64:
+    if len(batch_id) > schemas.MAX_BATCH_ID_CHARS:
         raise ApiError(404, "no such batch")
     status = _ext().batch_status(batch_id)
     if status is None:
-        raise ApiError(404, f"no batch with id {_echo(batch_id)}")
+        raise ApiError(404, f"no batch with id {echo(batch_id)}")
     return jsonify(status)
 
 
 @blueprint.get("", strict_slashes=False, **_route_options)
+@operation("listJobs", "List jobs, newest first (also served at the prefix plus '/')",
+           query=schemas.ListQuery, errors=(400,),
+           responses={200: (schemas.JobList, "One page of jobs.")})
 def list_jobs() -> Response:
-    status = _text_arg("status")
-    if status is not None and status not in STATUSES:
-        raise ApiError(400, f"status must be one of {', '.join(STATUSES)}; got {_echo(status)}")
-    job_type = _text_arg("job_type")
-    queue = _text_arg("queue")
-    page = _int_arg("page", 1, maximum=MAX_PAGE)
-    per_page = _int_arg("per_page", DEFAULT_PER_PAGE, maximum=MAX_PER_PAGE)
+    query = _query(schemas.ListQuery)
     items, total = _ext().list_jobs(
-        status=status, job_type=job_type, queue=queue, page=page, per_page=per_page
+        status=query.status, job_type=query.job_type, queue=query.queue,
+        page=query.page, per_page=query.per_page,
     )
     return jsonify(
         {
-            "items": [_job_json(job) for job in items],
-            "page": page,
-            "per_page": per_page,
+            "items": [masking.public_job(job, summary=True) for job in items],
+            "page": query.page,
+            "per_page": query.per_page,
             "total": total,
         }
     )
 
 
 @blueprint.get("/<durable_jobs_id:job_id>", **_route_options)
+@operation("getJob", "One job, its payload and result whole", path=_JOB_ID,
+           errors=(400, 404), responses={200: (schemas.Job, "The job.")})
 def get_job(job_id: str) -> Response:
     number = _job_id(job_id)
     job = _ext().get(number)
     if job is None:
         raise JobNotFound(number)
-    return jsonify(_job_json(job))
+    return jsonify(masking.public_job(job))
 
 
 @blueprint.post("/<durable_jobs_id:job_id>/retry", **_route_options)
+@operation("retryJob", "dead or cancelled -> pending, due now, attempts reset to 0",
+           path=_JOB_ID, errors=_JOB_ERRORS,
+           responses={200: (schemas.Job, "The job, now pending.")})
 def retry_job(job_id: str) -> Response:
-    return jsonify(_job_json(_ext().retry(_job_id(job_id))))
+    return jsonify(masking.public_job(_ext().retry(_job_id(job_id))))
 
 
 @blueprint.post("/<durable_jobs_id:job_id>/cancel", **_route_options)
+@operation("cancelJob", "pending or retrying -> cancelled", path=_JOB_ID,
+           errors=_JOB_ERRORS, responses={200: (schemas.Job, "The job, now cancelled.")})
 def cancel_job(job_id: str) -> Response:
-    return jsonify(_job_json(_ext().cancel(_job_id(job_id))))
+    return jsonify(masking.public_job(_ext().cancel(_job_id(job_id))))
 
 
 @blueprint.delete("/<durable_jobs_id:job_id>", **_route_options)
+@operation("deleteJob", "Delete a job that is not running", path=_JOB_ID,
+           errors=_JOB_ERRORS, responses={204: (None, "Deleted.")})
 def delete_job(job_id: str) -> Response:
     _ext().delete(_job_id(job_id))
     return _empty_response(204)
 
 
 @blueprint.post("/process", **_route_options)
+@operation("processDue", "Run due jobs now, in this request, and return the counts",
+           query=schemas.ProcessQuery, body=schemas.ProcessBody, errors=(400,),
+           responses={200: (schemas.ProcessCounts, "What the run did.")})
 def process() -> Response:
-    limit = _process_limit()
-    return jsonify(_ext().process_due(limit))
+    return jsonify(_ext().process_due(_process_limit()))
 
 
 def _process_limit() -> int | None:
     """``limit`` from the query string or the JSON body (not both), checked."""
-    query = request.args.get("limit")
-    body: t.Any = None
-    if request.get_data(cache=True):
-        body = request.get_json(force=True, silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, 'the request body must be a JSON object, like {"limit": 10}')
-    if query is not None and body is not None and "limit" in body:
-        raise ApiError(400, "give limit in the query string or in the JSON body, not both")
-    if query is not None:
-        return _parse_int("limit", query, minimum=1, maximum=MAX_PROCESS_LIMIT)
-    if body is None or body.get("limit") is None:
-        return None
-    limit = body["limit"]
-    # bool is an int subclass; {"limit": true} is a mistake, not 1.
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PROCESS_LIMIT:
+    query = _query(schemas.ProcessQuery)
+    if not request.get_data(cache=True):
+        return query.limit
+    # Only a body that says it is JSON is read as JSON.
+    data = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(data, dict):
         raise ApiError(
-            400, f"limit must be a whole number from 1 to {MAX_PROCESS_LIMIT}, got {_echo(limit)}"
+            400, "the request body must be a JSON object sent with 'Content-Type:"
+            ' application/json\', like {"limit": 10}'
         )
-    return limit
+    if query.limit is not None and "limit" in data:
+        raise ApiError(400, "give limit in the query string or in the JSON body, not both")
+    if query.limit is not None:
+        return query.limit
+    return schemas.validate(schemas.ProcessBody, data).limit
 
 
 @blueprint.get("/openapi.json", **_route_options)
+@operation("getOpenAPI", "This document", responses={
+    200: ({"type": "object"}, "The OpenAPI document."),
+})
 def openapi_document() -> Response:
+    routes = [
+        (rule.rule, rule.methods or (), current_app.view_functions[rule.endpoint])
+        for rule in current_app.url_map.iter_rules()
+        if rule.endpoint.startswith(BLUEPRINT_NAME + ".") and rule.endpoint != UNMATCHED_ENDPOINT
+    ]
     # json.dumps, not jsonify: the app's provider may sort keys, and the
-    # document reads best in the order it was written (it is plain JSON data).
-    document = json.dumps(
-        openapi.build(
-            _state().settings.url_prefix,
-            server_url=request.script_root or "/",
-            max_per_page=MAX_PER_PAGE,
-            default_per_page=DEFAULT_PER_PAGE,
-            max_page=MAX_PAGE,
-            max_job_id=MAX_JOB_ID,
-            max_process_limit=MAX_PROCESS_LIMIT,
-            last_error_max_chars=LAST_ERROR_MAX_CHARS,
-            max_due_age=MAX_DUE_AGE_SECONDS,
-        )
-    )
+    # document reads best in the order it was built (it is plain JSON data).
+    document = json.dumps(openapi.build(routes, server_url=request.script_root or "/"))
     return current_app.response_class(document, mimetype="application/json")
 
 
@@ -553,10 +519,10 @@ def _unmatched(rest: str = "") -> Response:
     """404 for a path no route serves, 405 (or 204 for OPTIONS) for another method."""
     allowed = _allowed_methods()
     if not allowed:
-        prefix = _state().settings.url_prefix
+        prefix = get_state().settings.url_prefix
         raise ApiError(
             404,
-            f"no admin API route at {_echo(request.path)} (job ids are whole numbers);"
+            f"no admin API route at {echo(request.path)} (job ids are whole numbers);"
             f" {prefix}/openapi.json lists the routes",
         )
     allow = ", ".join(allowed)
@@ -564,6 +530,6 @@ def _unmatched(rest: str = "") -> Response:
         return _empty_response(204, {"Allow": allow})
     raise ApiError(
         405,
-        f"{request.method} is not allowed at {_echo(request.path)}; allowed: {allow}",
+        f"{request.method} is not allowed at {echo(request.path)}; allowed: {allow}",
         headers={"Allow": allow},
     )

@@ -68,7 +68,7 @@ def stats_command() -> None:
               help="Also fail when the oldest due job has waited longer (seconds).")
 def health_command(max_due_age: int | None) -> None:
     """Print the health report as JSON; exit 1 when unhealthy."""
-    from .admin import health_report
+    from .health import health_report
 
     report = health_report(_state(), max_due_age=max_due_age)
     _echo(report)

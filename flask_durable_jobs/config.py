@@ -29,6 +29,7 @@ DEFAULTS: dict[str, t.Any] = {
     "DEAD_RETENTION_DAYS": 90.0,  # prune dead jobs older than this
     "URL_PREFIX": "/admin/jobs",  # where the admin blueprint lives
     "ADMIN_TOKEN": None,  # bearer token for the admin API
+    "ADMIN_READ_TOKEN": None,  # bearer token for the admin API's reads (GET) only
     "EAGER": False,  # run due jobs at enqueue, in the enqueuing thread (for tests)
     "SECRET_KEY": None,  # Fernet key(s) for job secrets; the first encrypts, all decrypt
     "CALLBACK_SECRET": None,  # HMAC-SHA256 key that signs completion callbacks
@@ -58,6 +59,7 @@ class Settings:
     dead_retention_days: float
     url_prefix: str
     admin_token: str | None
+    admin_read_token: str | None = None
     eager: bool = False
     secret_keys: tuple[str, ...] = ()
     callback_secret: str | None = None
@@ -168,6 +170,14 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     token = get("ADMIN_TOKEN")
     if token is not None and (not isinstance(token, str) or not token):
         raise ConfigError(f"{PREFIX}ADMIN_TOKEN must be a non-empty string or unset")
+    read_token = get("ADMIN_READ_TOKEN")
+    if read_token is not None and (not isinstance(read_token, str) or not read_token):
+        raise ConfigError(f"{PREFIX}ADMIN_READ_TOKEN must be a non-empty string or unset")
+    if read_token is not None and read_token == token:
+        raise ConfigError(
+            f"{PREFIX}ADMIN_READ_TOKEN must differ from {PREFIX}ADMIN_TOKEN: the same"
+            " token cannot grant only reads and also everything"
+        )
 
     jitter = _number("BACKOFF_JITTER", get("BACKOFF_JITTER"), minimum=0, strict=False)
     if jitter >= 1:
@@ -194,6 +204,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         ),
         url_prefix=prefix,
         admin_token=token,
+        admin_read_token=read_token,
         eager=eager,
         secret_keys=_strings("SECRET_KEY", get("SECRET_KEY")) or (),
         callback_secret=(_strings("CALLBACK_SECRET", get("CALLBACK_SECRET")) or (None,))[0],

@@ -214,7 +214,7 @@ class DurableJobs:
     def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
         self._db = db
         self._handlers: dict[str, HandlerSpec] = {}
-        self._admin_authorizer: t.Callable[[], bool] | None = None
+        self._admin_authorizer: t.Callable[[], t.Any] | None = None
         self._schedules: dict[str, periodic_module.Schedule] = {}
         if app is not None:
             self.init_app(app, db=db)
@@ -230,7 +230,7 @@ class DurableJobs:
         return types.MappingProxyType(self._schedules)
 
     @property
-    def authorizer(self) -> t.Callable[[], bool] | None:
+    def authorizer(self) -> t.Callable[[], t.Any] | None:
         """The function registered with :meth:`admin_authorizer`, or ``None``."""
         return self._admin_authorizer
 
@@ -331,7 +331,8 @@ class DurableJobs:
         )
 
     def admin_authorizer(self, func: F) -> F:
-        """Register ``func() -> bool`` deciding access to the admin API for the request."""
+        """Register ``func()`` deciding access to the admin API for the request:
+        ``True`` (everything), ``"read"`` (reads only); anything else refuses."""
         self._admin_authorizer = func
         return func
 

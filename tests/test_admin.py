@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import typing as t
@@ -10,6 +11,7 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 from flask import Flask, abort, request
+from flask.testing import FlaskClient
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import STATUSES, Discard, DurableJobs, admin, config, masking
@@ -63,11 +65,23 @@ def handlers(jobs: DurableJobs) -> DurableJobs:
     return jobs
 
 
+class JsonClient(FlaskClient):
+    """Sends ``Content-Type: application/json`` unless the request says otherwise,
+    as the host app's own pages do (a write the authorizer grants needs it)."""
+
+    def open(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if not {"json", "data", "content_type"} & kwargs.keys():
+            headers = kwargs.get("headers") or {}
+            kwargs["headers"] = {"Content-Type": "application/json", **headers}
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture
-def api(app: Flask, client: t.Any, handlers: DurableJobs) -> t.Any:
+def api(app: Flask, handlers: DurableJobs) -> t.Any:
     """A client the admin API lets in (through an authorizer), handlers registered."""
     handlers.admin_authorizer(lambda: True)
-    return client
+    app.test_client_class = JsonClient
+    return app.test_client()
 
 
 def assert_error(response: t.Any, status: int, code: str) -> str:
@@ -152,7 +166,9 @@ def test_list_defaults_and_trailing_slash(api: t.Any, jobs: DurableJobs) -> None
         assert response.status_code == 200
         body = response.get_json()
         assert (body["page"], body["per_page"], body["total"]) == (1, 50, 1)
-        assert body["items"] == [api.get(f"{PREFIX}/{job.id}").get_json()]
+        detail = api.get(f"{PREFIX}/{job.id}").get_json()
+        # A small payload and result are shown whole in the list, as in the detail.
+        assert body["items"] == [{**detail, "payload_truncated": False, "result_truncated": False}]
 
 
 def test_list_filters(api: t.Any, jobs: DurableJobs, db: SQLAlchemy) -> None:
@@ -412,19 +428,89 @@ def test_secrets_masked_in_every_response(api: t.Any, jobs: DurableJobs) -> None
     assert stored.payload == SECRETS and stored.result == SECRETS
 
 
+def test_list_shows_a_preview_of_a_large_payload_and_the_detail_shows_it_whole(
+    api: t.Any, jobs: DurableJobs
+) -> None:
+    # "a" leads on both databases (PostgreSQL's jsonb orders keys by length).
+    big = {"a": {"password": "hunter2"}, "rows": ["x" * 100] * 100}
+    job_id = jobs.enqueue("t.ok", big).id
+    jobs.process_due()  # t.ok returns its payload: the result is as large
+    [item] = api.get(PREFIX).get_json()["items"]
+    full_text = json.dumps(masking.mask(big), separators=(",", ":"))
+    for field in ("payload", "result"):
+        preview = item[field]
+        assert isinstance(preview, str) and item[f"{field}_truncated"] is True
+        head, _, marker = preview.partition("... [")
+        assert len(head) == masking.PREVIEW_CHARS
+        assert marker == f"{len(full_text):,} characters in all]"
+        assert "hunter2" not in preview and masking.MASK in preview
+    detail = api.get(f"{PREFIX}/{job_id}").get_json()
+    assert detail["payload"] == {**big, "a": {"password": masking.MASK}}
+    assert detail["result"] == detail["payload"]
+    assert "payload_truncated" not in detail
+
+
+def test_a_payload_nested_deeper_than_enqueue_accepts_is_shown_cut(
+    api: t.Any, jobs: DurableJobs, db: SQLAlchemy
+) -> None:
+    """A payload written into the table by other means, 500 levels deep: the
+    answers cut it at masking's depth instead of failing."""
+    job_id = jobs.enqueue("t.ok", {"n": 1}).id
+    deep: t.Any = {"token": "t-1", "leaf": 1}
+    for _ in range(500):
+        deep = {"password": "p", "next": deep}
+    table = db.metadata.tables[TABLE_NAME]
+    db.session.execute(sa.update(table).where(table.c.id == job_id).values(payload=deep))
+    db.session.commit()
+
+    for body in (api.get(f"{PREFIX}/{job_id}").get_json(), api.get(PREFIX).get_json()["items"][0],
+                 api.post(f"{PREFIX}/{job_id}/cancel").get_json()):
+        payload = body["payload"]
+        if isinstance(payload, str):  # the list's preview
+            assert body["payload_truncated"] and '"password":"********"' in payload
+            continue
+        levels = 0
+        while isinstance(payload, dict):
+            assert payload["password"] == masking.MASK
+            payload = payload["next"]
+            levels += 1
+        assert payload == masking.TOO_DEEP
+        assert levels == masking.MAX_DEPTH + 1  # the payload itself and 100 levels below
+
+
+@pytest.mark.config(
+    DURABLE_JOBS_CALLBACK_SECRET="callback-signing-secret",
+    DURABLE_JOBS_CALLBACK_HOSTS=["hooks.example.com"],
+)
+def test_callback_url_user_and_password_are_masked(api: t.Any, jobs: DurableJobs) -> None:
+    url = "https://ops:s3cr3t-pw@hooks.example.com/done?api_key=k-9&ref=7"
+    job_id = jobs.enqueue("t.ok", {}, delay=60, callback_url=url).id
+    shown = "https://********@hooks.example.com/done?api_key=********&ref=7"
+    assert api.get(f"{PREFIX}/{job_id}").get_json()["callback_url"] == shown
+    assert api.get(PREFIX).get_json()["items"][0]["callback_url"] == shown
+    cancelled = api.post(f"{PREFIX}/{job_id}/cancel")
+    assert cancelled.get_json()["callback_url"] == shown
+    retried = api.post(f"{PREFIX}/{job_id}/retry")
+    assert retried.get_json()["callback_url"] == shown
+    for response in (cancelled, retried):
+        assert b"s3cr3t-pw" not in response.data and b"k-9" not in response.data
+    stored = jobs.get(job_id)
+    assert stored is not None and stored.callback_url == url
+
+
 def test_last_error_truncated(api: t.Any, jobs: DurableJobs) -> None:
     long_id = jobs.enqueue("t.fail", {"message": "start-" + "x" * 6000}, max_attempts=1).id
     short_id = jobs.enqueue("t.fail", {"message": "short and sweet"}, max_attempts=1).id
     jobs.process_due()
     stored = jobs.get(long_id)
     assert stored is not None and stored.last_error is not None
-    assert len(stored.last_error) > admin.LAST_ERROR_MAX_CHARS
+    assert len(stored.last_error) > masking.LAST_ERROR_MAX_CHARS
     shown = api.get(f"{PREFIX}/{long_id}").get_json()["last_error"]
     marker = re.search(
         r"\n\[\.\.\. truncated: [\d,]+ of [\d,]+ characters not shown \.\.\.\]\n", shown
     )
     assert marker is not None
-    assert len(shown) - len(marker.group()) == admin.LAST_ERROR_MAX_CHARS
+    assert len(shown) - len(marker.group()) == masking.LAST_ERROR_MAX_CHARS
     assert shown.startswith(stored.last_error[: masking.LAST_ERROR_HEAD_CHARS])
     assert shown.endswith(stored.last_error[-100:])
     assert "RuntimeError: start-" in shown
@@ -727,6 +813,39 @@ def test_openapi_covers_exactly_the_routes(api: t.Any, app: Flask) -> None:
         if method != "parameters"
     ]
     assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_documented_query_parameters_are_the_validated_ones(api: t.Any) -> None:
+    """Every query parameter's documented bounds and words are exactly what the
+    route accepts: one definition serves both."""
+    doc = api.get(f"{PREFIX}/openapi.json").get_json()
+    checked = []
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "query":
+                    continue
+                name, schema = parameter["name"], parameter["schema"]
+                if schema.get("type") == "integer":
+                    low, high = schema["minimum"], schema["maximum"]
+                    good = [low, high]
+                    bad = [low - 1, high + 1]
+                elif "enum" in schema:
+                    good, bad = schema["enum"], ["not-one-of-them"]
+                else:
+                    assert schema == {"type": "string", "minLength": 1}, (path, name)
+                    good, bad = ["x"], [""]
+                for value in good:
+                    response = api.open(path, method=method, query_string={name: str(value)})
+                    assert response.status_code == 200, (path, name, value)
+                for value in bad:
+                    response = api.open(path, method=method, query_string={name: str(value)})
+                    message = assert_error(response, 400, "bad_request")
+                    assert message.startswith(name + " "), message
+                checked.append(name)
+    assert sorted(checked) == sorted(
+        ["status", "job_type", "queue", "page", "per_page", "max_due_age", "limit"]
+    )
 
 
 def test_openapi_schemas_match_responses(api: t.Any, jobs: DurableJobs, db: SQLAlchemy) -> None:

@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 
 from flask_durable_jobs import DurableJobs
+from flask_durable_jobs.masking import MASK
 
 TOKEN = "admin-token-for-operations"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -16,14 +17,15 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.mark.config(DURABLE_JOBS_ADMIN_TOKEN=TOKEN)
 def test_periodic_route(app: Flask, jobs: DurableJobs, client: t.Any) -> None:
     jobs.handler("report")(lambda p: None)
-    jobs.periodic("0 3 * * *", "report", payload={"kind": "daily"}, timezone="Europe/Paris")
+    jobs.periodic("0 3 * * *", "report", payload={"kind": "daily", "api_token": "t-1"},
+                  timezone="Europe/Paris")
     assert client.get("/admin/jobs/periodic").status_code == 401
     response = client.get("/admin/jobs/periodic", headers=AUTH)
     assert response.status_code == 200
     (item,) = response.get_json()["items"]
     assert (item["job_type"], item["cron"], item["timezone"]) == (
         "report", "0 3 * * *", "Europe/Paris")
-    assert item["payload"] == {"kind": "daily"}
+    assert item["payload"] == {"kind": "daily", "api_token": MASK}  # masked like a job's
     assert item["next_fire_at"].endswith("+00:00")
 
 

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_durable_jobs import DurableJobs, admin
+from flask_durable_jobs import DurableJobs, schemas
 from flask_durable_jobs.scheduler import NEVER
 from flask_durable_jobs.store import Store
 from tests.helpers import wait_for
@@ -199,7 +199,7 @@ def test_max_due_age(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
     check_schema(api, response)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "1.5", "x", str(admin.MAX_DUE_AGE_SECONDS + 1)])
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "x", str(schemas.MAX_DUE_AGE_SECONDS + 1)])
 def test_bad_max_due_age_is_400(api: t.Any, value: str) -> None:
     response = api.get(f"{PREFIX}/health?max_due_age={value}")
     assert response.status_code == 400

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 import typing as t
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flask_durable_jobs.masking import MASK, SECRET_KEY_PARTS, is_secret_key, mask
+from flask_durable_jobs.masking import (
+    MASK,
+    MAX_DEPTH,
+    PREVIEW_CHARS,
+    SECRET_KEY_PARTS,
+    TOO_DEEP,
+    is_secret_key,
+    mask,
+    mask_url,
+    preview,
+)
 
 
 @pytest.mark.parametrize(
@@ -110,3 +121,83 @@ def test_mask_property(value: t.Any) -> None:
     masked = mask(value)
     assert value == original
     _walk(value, masked)
+
+
+# -- depth -------------------------------------------------------------------------
+
+
+def nested(levels: int, leaf: t.Any) -> t.Any:
+    """``levels`` containers around ``leaf``, alternating dicts and lists."""
+    value = leaf
+    for level in range(levels):
+        value = {"secret": "s", "down": value} if level % 2 else [value]
+    return value
+
+
+def depth_of(value: t.Any) -> tuple[int, t.Any]:
+    """How many containers wrap the innermost value, and that value."""
+    levels = 0
+    while isinstance(value, (dict, list)):
+        if isinstance(value, dict):
+            assert value["secret"] == MASK
+            value = value["down"]
+        else:
+            [value] = value
+        levels += 1
+    return levels, value
+
+
+def test_mask_keeps_max_depth_levels_below_the_value() -> None:
+    levels, leaf = depth_of(mask(nested(MAX_DEPTH + 1, "leaf")))
+    assert (levels, leaf) == (MAX_DEPTH + 1, "leaf")
+
+
+@pytest.mark.parametrize("extra", [1, 2, 500, 50_000])
+def test_mask_cuts_what_is_deeper_without_recursing(extra: int) -> None:
+    """Far past the interpreter's recursion limit, too: no RecursionError."""
+    levels, leaf = depth_of(mask(nested(MAX_DEPTH + 1 + extra, "leaf")))
+    assert (levels, leaf) == (MAX_DEPTH + 1, TOO_DEEP)
+
+
+def test_mask_keeps_order_of_lists_and_keys() -> None:
+    value = {"b": [1, [2, 3], {"x": 4, "api_key": 5}, 6], "a": [[], {}]}
+    masked = mask(value)
+    assert masked == {"b": [1, [2, 3], {"x": 4, "api_key": MASK}, 6], "a": [[], {}]}
+    assert list(masked) == ["b", "a"] and list(masked["b"][2]) == ["x", "api_key"]
+
+
+# -- callback URLs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example.com/done", "https://hooks.example.com/done"),
+        ("http://user:pw@host/x", "http://********@host/x"),
+        ("http://user@host:8080/x", "http://********@host:8080/x"),
+        ("http://a@b:c@host/x?y=1", "http://********@host/x?y=1"),
+        ("https://h/x?token=abc&n=1&Api-Key=k", "https://h/x?token=********&n=1&Api-Key=********"),
+        ("https://h/x?access%5Ftoken=abc", "https://h/x?access%5Ftoken=********"),
+        ("https://h/x?password", "https://h/x?password"),  # no value to hide
+        ("https://h/x#token=abc", "https://h/x#token=abc"),
+        ("http://[::1", MASK),  # not a URL: nothing of it is shown
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+# -- previews ------------------------------------------------------------------------
+
+
+def test_small_values_are_their_own_preview() -> None:
+    for value in (None, 3, "text", {"a": [1, 2]}, "x" * (PREVIEW_CHARS - 2)):
+        assert preview(value) == (value, False)
+
+
+def test_a_large_value_previews_as_the_start_of_its_json() -> None:
+    value = {"rows": list(range(2000))}
+    text = json.dumps(value, separators=(",", ":"))
+    shown, cut = preview(value)
+    assert cut is True
+    assert shown == text[:PREVIEW_CHARS] + f"... [{len(text):,} characters in all]"

@@ -213,7 +213,7 @@ class OpenAPIRoutes(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         # Rebuild the page when the code that serves the document changes.
-        for name in ("openapi.py", "admin.py", "openapi.json"):
+        for name in ("openapi.py", "schemas.py", "admin.py", "openapi.json"):
             if (PACKAGE / name).exists():
                 self.env.note_dependency(str(PACKAGE / name))
         spec, source = load_spec(self.options.get("prefix", DEFAULT_PREFIX))

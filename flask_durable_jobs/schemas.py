@@ -1,0 +1,404 @@
+"""The admin API's one schema definition: what requests may send, what answers hold.
+
+The query and body models here validate requests (the routes in admin.py call
+:func:`validate`, and a refusal is a 400 naming the parameter); the answer
+models describe what the routes return. openapi.py builds the served document
+from the JSON Schema of both, so the document and the validation cannot say
+different things.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import typing as t
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError, core_schema
+
+from . import health, masking
+from .models import STATUSES
+
+if t.TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler
+
+M = t.TypeVar("M", bound=BaseModel)
+
+DEFAULT_PER_PAGE = 50
+MAX_PER_PAGE = 200
+#: Keeps ``(page - 1) * per_page`` far inside a 64-bit OFFSET.
+MAX_PAGE = 2**31 - 1
+#: The largest id a BIGINT (and SQLite's rowid) can hold.
+MAX_JOB_ID = 2**63 - 1
+#: Most jobs one ``POST {prefix}/process`` may claim; it runs inside the request.
+MAX_PROCESS_LIMIT = 10_000
+#: Largest ``max_due_age`` (seconds) the health route takes: a year.
+MAX_DUE_AGE_SECONDS = 366 * 24 * 3600
+#: Longest batch id (the column's size).
+MAX_BATCH_ID_CHARS = 64
+
+_ECHO_MAX_CHARS = 60
+
+
+def echo(value: object) -> str:
+    """``value`` for an error message: quoted, and short even if the request was not."""
+    text = repr(value)
+    return text if len(text) <= _ECHO_MAX_CHARS else text[:_ECHO_MAX_CHARS] + "..."
+
+
+# -- parameter types ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeNumber:
+    """``Annotated[int, WholeNumber(lo, hi)]``: an integer from ``lo`` to ``hi``.
+
+    Strict on purpose. From a query string only ASCII digits count: ``int()``
+    would also take ``" 5"``, ``"+5"``, ``"5_0"`` and other scripts' digits,
+    and a long run of digits is refused before it is converted. From a JSON
+    body only a JSON integer counts (``true`` and ``2.0`` are mistakes).
+    """
+
+    lo: int
+    hi: int
+    text: bool = True
+    nullable: bool = False
+
+    def check(self, value: t.Any) -> int | None:
+        if value is None and self.nullable:
+            return None
+        if self.text and isinstance(value, str):
+            if value.isascii() and value.isdigit() and len(value) <= len(str(self.hi)):
+                number = int(value)
+                if self.lo <= number <= self.hi:
+                    return number
+        elif not self.text and type(value) is int and self.lo <= value <= self.hi:
+            return value
+        raise PydanticCustomError(
+            "whole_number",
+            "must be a whole number from {lo} to {hi}, got {got}",
+            {"lo": self.lo, "hi": self.hi, "got": echo(value)},
+        )
+
+    def __get_pydantic_core_schema__(
+        self, source: t.Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        number = core_schema.int_schema(ge=self.lo, le=self.hi)
+        return core_schema.no_info_before_validator_function(
+            self.check, core_schema.nullable_schema(number) if self.nullable else number
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterText:
+    """``Annotated[str | None, FilterText()]``: a list filter, given or left out.
+
+    Empty text would match nothing, and PostgreSQL cannot compare text
+    holding NUL; both are a caller's mistake worth a 400.
+    """
+
+    def check(self, value: t.Any, info: core_schema.ValidationInfo) -> t.Any:
+        if value == "":
+            raise PydanticCustomError(
+                "empty", "must not be empty; leave it out to match every {name}",
+                {"name": info.field_name or "value"},
+            )
+        if isinstance(value, str) and "\x00" in value:
+            raise PydanticCustomError("nul", "must not contain NUL characters")
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: t.Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.with_info_before_validator_function(
+            self.check, core_schema.nullable_schema(core_schema.str_schema(min_length=1))
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """``Annotated[str | None, OneOf(values)]``: one of a fixed set of words."""
+
+    values: tuple[str, ...]
+
+    def check(self, value: t.Any, info: core_schema.ValidationInfo) -> t.Any:
+        value = FilterText().check(value, info)
+        if value not in self.values:
+            raise PydanticCustomError(
+                "one_of", "must be one of {values}; got {got}",
+                {"values": ", ".join(self.values), "got": echo(value)},
+            )
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: t.Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.with_info_before_validator_function(
+            self.check, core_schema.nullable_schema(core_schema.literal_schema(list(self.values)))
+        )
+
+
+JobId = t.Annotated[int, WholeNumber(1, MAX_JOB_ID)]
+JOB_ID = TypeAdapter(JobId)
+BatchId = t.Annotated[str, Field(min_length=1, max_length=MAX_BATCH_ID_CHARS)]
+Count = t.Annotated[int, Field(ge=0)]
+Timestamp = t.Annotated[dt.datetime, Field(description="ISO 8601, UTC.")]
+
+
+def _words(values: t.Iterable[str]) -> t.Any:
+    """For an answer's field: its JSON Schema lists the words it may hold."""
+    return Field(json_schema_extra={"enum": list(values)})
+
+
+class Invalid(ValueError):
+    """A request parameter or body the API refuses; the message names it (400)."""
+
+
+def validate(model: type[M], data: t.Any) -> M:
+    """``data`` as ``model``, or :class:`Invalid` naming the first bad parameter."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid(describe(exc, model.__name__)) from None
+
+
+def validate_job_id(text: str) -> int:
+    try:
+        return JOB_ID.validate_python(text)
+    except ValidationError as exc:
+        raise Invalid(describe(exc, "job id")) from None
+
+
+def describe(exc: ValidationError, subject: str) -> str:
+    """The first error of ``exc`` as ``"<parameter> <what is wrong>"``."""
+    error = exc.errors(include_url=False)[0]
+    name = ".".join(str(part) for part in error["loc"]) or subject
+    if error["type"] in ("whole_number", "empty", "nul", "one_of"):
+        return f"{name} {error['msg']}"
+    # Pydantic's own words, for shapes no route expects (they start in capitals).
+    return f"{name}: {error['msg']}"
+
+
+# -- requests ----------------------------------------------------------------------
+
+
+class ListQuery(BaseModel):
+    """Query parameters of ``GET {prefix}``; others are ignored."""
+
+    status: t.Annotated[str | None, OneOf(STATUSES)] = None
+    job_type: t.Annotated[str | None, FilterText()] = None
+    queue: t.Annotated[str | None, FilterText()] = None
+    page: t.Annotated[int, WholeNumber(1, MAX_PAGE), Field(description="Page number.")] = 1
+    per_page: t.Annotated[
+        int,
+        WholeNumber(1, MAX_PER_PAGE),
+        Field(description=f"Jobs per page (default {DEFAULT_PER_PAGE})."),
+    ] = DEFAULT_PER_PAGE
+
+
+class HealthQuery(BaseModel):
+    """Query parameters of ``GET {prefix}/health``."""
+
+    max_due_age: t.Annotated[
+        int | None,
+        WholeNumber(1, MAX_DUE_AGE_SECONDS),
+        Field(
+            description="Also unhealthy when the oldest due job has waited longer than"
+            " this many seconds."
+        ),
+    ] = None
+
+
+class ProcessQuery(BaseModel):
+    """Query parameters of ``POST {prefix}/process``."""
+
+    limit: t.Annotated[
+        int | None,
+        WholeNumber(1, MAX_PROCESS_LIMIT),
+        Field(
+            description="Most jobs to claim (default DURABLE_JOBS_BATCH_SIZE). May be"
+            " given in the JSON body instead, not in both."
+        ),
+    ] = None
+
+
+class ProcessBody(BaseModel):
+    """The optional JSON body of ``POST {prefix}/process``."""
+
+    limit: t.Annotated[
+        int | None, WholeNumber(1, MAX_PROCESS_LIMIT, text=False, nullable=True)
+    ] = None
+
+
+# -- answers -----------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="Machine-readable: bad_request, unauthorized, forbidden, not_found,"
+        " method_not_allowed, conflict, internal_error."
+    )
+    message: str = Field(description="For people: what was wrong and, where it helps, what to do.")
+
+
+class Error(BaseModel):
+    """Every error answer."""
+
+    error: ErrorDetail
+
+
+class _JobFields(BaseModel):
+    id: int = Field(ge=1)
+    job_type: str
+    queue: str
+    status: t.Annotated[str, _words(STATUSES)]
+    attempts: Count
+    max_attempts: int = Field(ge=1)
+    priority: int
+    run_at: Timestamp
+    last_error: str | None = Field(
+        description=f"When longer than {masking.LAST_ERROR_MAX_CHARS:,} characters, its"
+        " beginning and end, that many characters in all, with a marker between them"
+        " saying how much was left out."
+    )
+    idempotency_key: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    lease_expires_at: Timestamp | None
+    orphan_policy: str
+    owner: str | None
+    batch_id: str | None
+    callback_url: str | None = Field(
+        description="Where the job's completion is posted; its user and password masked."
+    )
+    callback_status: str | None
+    callback_attempts: Count
+    callback_error: str | None
+
+
+class Job(_JobFields):
+    """One job. Values under keys that look secret (containing password, token,
+    secret, api_key or authorization) are replaced by "********" at any depth of
+    payload and result."""
+
+    payload: dict[str, t.Any]
+    result: t.Any = Field(description="The handler's JSON result, or null.")
+
+
+_PREVIEW = (
+    f"When its JSON text is longer than {masking.PREVIEW_CHARS:,} characters, a string:"
+    " the text's beginning and a marker saying how long it is (the job's own route"
+    " answers the whole)."
+)
+
+
+class JobSummary(_JobFields):
+    """A job in a list: as one job, except that a large payload or result is a
+    preview."""
+
+    payload: dict[str, t.Any] | str = Field(description="The payload. " + _PREVIEW)
+    result: t.Any = Field(description="The handler's JSON result, or null. " + _PREVIEW)
+    payload_truncated: bool = Field(description="True when payload is a preview.")
+    result_truncated: bool = Field(description="True when result is a preview.")
+
+
+class JobList(BaseModel):
+    items: list[JobSummary]
+    page: int = Field(ge=1)
+    per_page: int = Field(ge=1, le=MAX_PER_PAGE)
+    total: Count
+
+
+class CountsByStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pending: Count
+    running: Count
+    retrying: Count
+    succeeded: Count
+    dead: Count
+    cancelled: Count
+
+
+class Stats(BaseModel):
+    by_status: CountsByStatus
+    by_type: dict[str, CountsByStatus]
+    total: Count
+    oldest_due_age_seconds: float | None = Field(
+        description="Age of the longest-waiting due job (pending or retrying with"
+        " run_at <= now), or null when none is due."
+    )
+    unhandled: dict[str, Count] = Field(
+        description="Due jobs per type that the answering process has no handler for."
+    )
+
+
+class Health(BaseModel):
+    """The answering process: whether its scheduler is alive, and the due backlog of
+    the whole database."""
+
+    healthy: bool
+    problems: list[str] = Field(description="Why the process is unhealthy; empty when healthy.")
+    scheduler: t.Annotated[str, _words(health.SCHEDULER_STATES)] = Field(
+        description="running; stalled (its due-job tick stopped firing), dead (started"
+        " here, no longer running) or stopped (stopped on purpose): unhealthy; disabled"
+        " (DURABLE_JOBS_SCHEDULER = False) or not_started (a process that never runs it):"
+        " healthy."
+    )
+    pid: int
+    worker_id: str | None = Field(
+        description="host:pid:suffix of this process's job runner; null before it first ran."
+    )
+    started_at: Timestamp | None
+    last_tick: Timestamp | None
+    last_sweep: Timestamp | None
+    stall_after_seconds: float = Field(ge=0)
+    due_count: Count | None = Field(
+        description="Due jobs (pending or retrying with run_at <= now); null when the"
+        " database could not be read."
+    )
+    oldest_due_age_seconds: float | None = Field(
+        description="Age of the longest-waiting due job; null when none is due or the"
+        " database could not be read."
+    )
+    checked_at: Timestamp
+
+
+class Batch(BaseModel):
+    """Jobs enqueued together by enqueue_batch()."""
+
+    batch_id: str
+    by_status: CountsByStatus
+    total: Count
+    all_terminal: bool = Field(
+        description="Every job of the batch has succeeded, died or been cancelled."
+    )
+    on_complete: str | None
+    completed_at: Timestamp | None
+
+
+class Schedule(BaseModel):
+    """A recurring schedule registered in the answering process (payload masked)."""
+
+    key: str
+    job_type: str
+    cron: str
+    timezone: str
+    payload: dict[str, t.Any]
+    queue: str | None
+    priority: int | None
+    last_fire_at: Timestamp | None
+    next_fire_at: Timestamp | None
+
+
+class ScheduleList(BaseModel):
+    items: list[Schedule]
+
+
+class ProcessCounts(BaseModel):
+    claimed: Count
+    succeeded: Count
+    retried: Count
+    dead: Count
