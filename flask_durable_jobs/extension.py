@@ -25,9 +25,12 @@ from .retry import Backoff, default_backoff
 from .scheduler import (
     AFTER_FORK,
     FLASK_RUN,
+    NEVER,
     NOW,
     Scheduler,
     exit_on_sigterm,
+    in_memory_sqlite,
+    say_once,
     start_decision,
     track,
 )
@@ -305,6 +308,9 @@ class DurableJobs:
                 " or pass db= to DurableJobs or init_app"
             )
         settings = config_module.load(app.config)
+        with app.app_context():
+            url = db.engine.url
+        config_module.check_driver(url)
         # every table on the app's metadata: db.create_all() and autogenerate see them
         table = define_table(db.metadata)
         batches = define_batch_table(db.metadata)
@@ -321,8 +327,19 @@ class DurableJobs:
             from .metrics import init_app as init_metrics
             init_metrics(state)
         track(state)
+        decision, why = start_decision()
+        if (decision != NEVER and not app.testing and settings.admin_token is None
+                and self._admin_authorizer is None):
+            say_once(logging.WARNING, "The admin API at %s answers 403 to every request: set"
+                     " DURABLE_JOBS_ADMIN_TOKEN, or register a function with"
+                     " @jobs.admin_authorizer (also possible after init_app), to enable it.",
+                     settings.url_prefix)
+        if settings.scheduler and in_memory_sqlite(url):
+            say_once(logging.WARNING, "durable jobs: no scheduler for an in-memory SQLite"
+                     " database: it lives in one connection that the app's sessions share;"
+                     " run jobs with jobs.drain(), or use a database file")
+            decision, why = NEVER, "in-memory SQLite"
         if settings.scheduler:
-            decision, why = start_decision()
             state.start_policy = decision
             log.debug("durable jobs scheduler: %s (%s)", decision, why)
             if decision == NOW:
@@ -480,7 +497,7 @@ class DurableJobs:
         )
         if payload is None:
             payload = {}
-        payload_json.check_payload(payload)  # names the bad key path
+        payload_json.check_payload(payload, state.settings.max_payload_bytes)  # names the path
         values["payload"] = payload
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255:
@@ -535,9 +552,9 @@ class DurableJobs:
         texts = []
         for index, payload in enumerate(payloads):
             try:
-                texts.append(payload_json.dumps_payload(payload))
-            except TypeError as exc:
-                raise TypeError(f"payloads[{index}]: {exc}") from None
+                texts.append(payload_json.dumps_payload(payload, state.settings.max_payload_bytes))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"payloads[{index}]: {exc}") from None
         session = state.db.session
         ids = state.store.insert_many(session, values, texts)
         self._after_enqueue(state, session, commit, job_type, ids, None,
@@ -653,7 +670,7 @@ class DurableJobs:
         if on_complete is not None and on_complete not in self._handlers:
             raise LookupError(f"no handler registered for on_complete job type {on_complete!r}")
         if on_complete_payload is not None:
-            payload_json.check_payload(on_complete_payload)
+            payload_json.check_payload(on_complete_payload, state.settings.max_payload_bytes)
         if batch_id is None:
             batch_id = uuid.uuid4().hex
         elif not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64:
@@ -661,9 +678,9 @@ class DurableJobs:
         by_type: dict[str, list[tuple[int, str]]] = {}
         for index, (job_type, payload) in enumerate(pairs):
             try:
-                text = payload_json.dumps_payload(payload)
-            except TypeError as exc:
-                raise TypeError(f"jobs[{index}]: {exc}") from None
+                text = payload_json.dumps_payload(payload, state.settings.max_payload_bytes)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"jobs[{index}]: {exc}") from None
             by_type.setdefault(job_type, []).append((index, text))
         session = state.db.session
         now = state.now()
