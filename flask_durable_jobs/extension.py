@@ -8,6 +8,7 @@ import sys
 import threading
 import typing as t
 import uuid
+import weakref
 
 import sqlalchemy as sa
 from flask import Flask, current_app
@@ -194,6 +195,8 @@ class State:
                                           pool_size=self.settings.concurrency + 2,
                                           connect_args=options.get("connect_args"))
                     self._store = make_store(engine, self.table, self.batches)
+                    # an app thrown away without stop() still closes these connections
+                    weakref.finalize(self._store, engine.dispose).atexit = False
         return self._store
 
     @property
