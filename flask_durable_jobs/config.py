@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+import sqlalchemy as sa
+
 from .errors import ConfigError
 
 #: Defaults, with units. Keys are the config names without ``DURABLE_JOBS_``.
 DEFAULTS: dict[str, t.Any] = {
-    "SCHEDULER": True,  # start the in-process scheduler
+    "SCHEDULER": True,  # start the in-process scheduler (unset under TESTING: False)
     "POLL_INTERVAL": 1.0,  # seconds between due-job ticks
     "SWEEP_INTERVAL": 30.0,  # seconds between orphan sweeps
     "LEASE_SECONDS": 60.0,  # lease length, renewed while a handler runs
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, t.Any] = {
     "CALLBACK_HOSTS": None,  # hosts callbacks may target; None: public addresses only
     "CALLBACK_TIMEOUT": (3.0, 10.0),  # seconds: connect, read
     "METRICS": False,  # True (prometheus_client's REGISTRY) or a CollectorRegistry
+    "MAX_PAYLOAD_BYTES": 1024 * 1024,  # largest payload accepted at enqueue (its JSON text)
 }
 
 PREFIX = "DURABLE_JOBS_"
@@ -66,6 +69,7 @@ class Settings:
     callback_hosts: tuple[str, ...] | None = None
     callback_timeout: tuple[float, float] = (3.0, 10.0)
     metrics: t.Any = False  # False, True or a prometheus_client CollectorRegistry
+    max_payload_bytes: int = DEFAULTS["MAX_PAYLOAD_BYTES"]
 
 
 def _number(key: str, value: t.Any, *, minimum: float, strict: bool) -> float:
@@ -153,7 +157,11 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     def get(key: str) -> t.Any:
         return config.get(PREFIX + key, DEFAULTS[key])
 
-    scheduler = get("SCHEDULER")
+    # A test suite builds many apps and runs jobs with drain() or eager mode;
+    # under TESTING the scheduler starts only when asked for by name.
+    scheduler = config.get(PREFIX + "SCHEDULER")
+    if scheduler is None:
+        scheduler = DEFAULTS["SCHEDULER"] and not config.get("TESTING", False)
     if not isinstance(scheduler, bool):
         raise ConfigError(f"{PREFIX}SCHEDULER must be True or False, got {scheduler!r}")
     eager = get("EAGER")
@@ -211,4 +219,25 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         callback_hosts=_strings("CALLBACK_HOSTS", get("CALLBACK_HOSTS")),
         callback_timeout=_timeout(get("CALLBACK_TIMEOUT")),
         metrics=_metrics(get("METRICS")),
+        max_payload_bytes=_integer("MAX_PAYLOAD_BYTES", get("MAX_PAYLOAD_BYTES"), minimum=1),
     )
+
+
+def check_driver(url: sa.URL) -> None:
+    """Raise at ``init_app`` when the library could not reach this database.
+
+    On PostgreSQL the library's own connections use psycopg 3, whatever
+    driver the app's URL names (an app on psycopg2 keeps it for its models),
+    so a missing psycopg shows now rather than in every worker at its first
+    tick.
+    """
+    if url.get_backend_name() != "postgresql":
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "flask-durable-jobs needs psycopg 3 for PostgreSQL (its own connections use it,"
+            " whatever driver the app's URL names): pip install"
+            f" 'flask-durable-jobs[postgresql]' ({type(exc).__name__}: {exc})"
+        ) from None

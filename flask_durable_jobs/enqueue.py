@@ -330,7 +330,7 @@ def enqueue(
     )
     if payload is None:
         payload = {}
-    payload_json.check_payload(payload)  # names the bad key path
+    payload_json.check_payload(payload, state.settings.max_payload_bytes)  # names the path
     check_strings(payload)
     values["payload"] = payload
     if idempotency_key is not None:
@@ -388,10 +388,10 @@ def enqueue_many(
     texts = []
     for index, payload in enumerate(payloads):
         try:
-            texts.append(payload_json.dumps_payload(payload))
+            texts.append(payload_json.dumps_payload(payload, state.settings.max_payload_bytes))
             check_strings(payload, text=texts[-1])
-        except TypeError as exc:
-            raise TypeError(f"payloads[{index}]: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"payloads[{index}]: {exc}") from None
     session = state.db.session
     ids = state.store.insert_many(session, values, texts)
     _after_enqueue(state, session, commit, {job_type: ids}, None,
@@ -456,7 +456,7 @@ def enqueue_batch(
     ):
         raise LookupError(f"no handler registered for on_complete job type {on_complete!r}")
     if on_complete_payload is not None:
-        payload_json.check_payload(on_complete_payload)
+        payload_json.check_payload(on_complete_payload, state.settings.max_payload_bytes)
         check_strings(on_complete_payload, root="on_complete_payload")
     if batch_id is None:
         batch_id = uuid.uuid4().hex
@@ -468,10 +468,10 @@ def enqueue_batch(
     shared: dict[str, dict[str, t.Any]] = {}  # each type's columns, checked before any SQL
     for index, (job_type, payload) in enumerate(pairs):
         try:
-            text = payload_json.dumps_payload(payload)
+            text = payload_json.dumps_payload(payload, state.settings.max_payload_bytes)
             check_strings(payload, text=text)
-        except TypeError as exc:
-            raise TypeError(f"jobs[{index}]: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"jobs[{index}]: {exc}") from None
         if job_type not in shared:
             shared[job_type] = job_values(state, job_type)
         by_type.setdefault(job_type, []).append((index, text))

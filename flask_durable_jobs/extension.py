@@ -8,6 +8,7 @@ import sys
 import threading
 import types
 import typing as t
+import weakref
 
 import sqlalchemy as sa
 from flask import Flask, current_app
@@ -23,9 +24,12 @@ from .retry import Backoff, default_backoff
 from .scheduler import (
     AFTER_FORK,
     FLASK_RUN,
+    NEVER,
     NOW,
     Scheduler,
     exit_on_sigterm,
+    in_memory_sqlite,
+    say_once,
     start_decision,
     track,
 )
@@ -135,6 +139,8 @@ class State:
                                           pool_size=self.settings.concurrency + 2,
                                           connect_args=options.get("connect_args"))
                     self._store = make_store(engine, self.table, self.batches)
+                    # an app thrown away without stop() still closes these connections
+                    weakref.finalize(self._store, engine.dispose).atexit = False
         return self._store
 
     @property
@@ -249,6 +255,9 @@ class DurableJobs:
                 " or pass db= to DurableJobs or init_app"
             )
         settings = config_module.load(app.config)
+        with app.app_context():
+            url = db.engine.url
+        config_module.check_driver(url)
         # every table on the app's metadata: db.create_all() and autogenerate see them
         table = define_table(db.metadata)
         batches = define_batch_table(db.metadata)
@@ -265,8 +274,19 @@ class DurableJobs:
             from .metrics import init_app as init_metrics
             init_metrics(state)
         track(state)
+        decision, why = start_decision()
+        if (decision != NEVER and not app.testing and settings.admin_token is None
+                and settings.admin_read_token is None and self.authorizer is None):
+            say_once(logging.WARNING, "The admin API at %s answers 403 to every request: set"
+                     " DURABLE_JOBS_ADMIN_TOKEN (or DURABLE_JOBS_ADMIN_READ_TOKEN), or register"
+                     " a function with @jobs.admin_authorizer (also possible after init_app),"
+                     " to enable it.", settings.url_prefix)
+        if settings.scheduler and in_memory_sqlite(url):
+            say_once(logging.WARNING, "durable jobs: no scheduler for an in-memory SQLite"
+                     " database: it lives in one connection that the app's sessions share;"
+                     " run jobs with jobs.drain(), or use a database file")
+            decision, why = NEVER, "in-memory SQLite"
         if settings.scheduler:
-            decision, why = start_decision()
             state.start_policy = decision
             log.debug("durable jobs scheduler: %s (%s)", decision, why)
             if decision == NOW:

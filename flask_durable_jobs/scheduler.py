@@ -15,8 +15,16 @@ Where it starts (:func:`start_decision`):
 * gunicorn: in each worker. With ``--preload`` the app is built in the master;
   the scheduler then starts in each worker right after the fork, never in the
   master;
-* anything else that builds the app (a script, a notebook, a test suite):
-  at ``init_app``. Set ``DURABLE_JOBS_SCHEDULER = False`` to opt out.
+* anything else that builds the app (a script, a notebook): at ``init_app``.
+  Set ``DURABLE_JOBS_SCHEDULER = False`` to opt out.
+
+Never for an app under ``TESTING`` unless ``DURABLE_JOBS_SCHEDULER`` is
+``True`` in its config (:mod:`.config`), and never on an in-memory SQLite
+database (:func:`in_memory_sqlite`).
+
+The scheduler's threads belong to the app: they hold only weak references to
+it, so an app that is thrown away (a test suite builds hundreds) takes its
+threads with it, and every live app's scheduler stops at interpreter exit.
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ import time
 import typing as t
 import weakref
 
-from apscheduler.executors.base import BaseExecutor, run_job
+import sqlalchemy as sa
+from apscheduler.executors.debug import DebugExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import callbacks, periodic
+from .errors import ConfigError
 from .models import UTC
 
 if t.TYPE_CHECKING:
@@ -76,6 +86,20 @@ def start_decision() -> tuple[str, str]:
     return NOW, "gunicorn worker" if role == "worker" else "app built outside a CLI"
 
 
+_said: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def say_once(level: int, message: str, *args: t.Any) -> None:
+    """Log ``message`` the first time this process says it, never again: a
+    process that builds many apps (a test suite, a script) hears it once."""
+    with _said_lock:
+        if message in _said:
+            return
+        _said.add(message)
+    log.log(level, message, *args)
+
+
 def exit_on_sigterm() -> None:
     """Make SIGTERM a normal exit, so ``atexit`` releases unfinished jobs.
 
@@ -113,19 +137,32 @@ def _flask_cli_command() -> tuple[str, bool] | None:
 
 
 def _gunicorn_role() -> str | None:
-    """'master' or 'worker' when gunicorn is building the app, else None."""
-    if "gunicorn" not in sys.modules:
+    """'master' or 'worker' when gunicorn is building the app, else None.
+
+    gunicorn's arbiter sets ``SERVER_SOFTWARE`` in the environment before it
+    loads the app (in the master with ``--preload``), and a worker installs
+    its signal handlers (methods of its ``Worker``) before it loads the app.
+    """
+    if not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
         return None
-    modules = set()
-    frame: t.Any = sys._getframe()
-    while frame is not None:
-        modules.add(frame.f_globals.get("__name__"))
-        frame = frame.f_back
-    if "gunicorn.workers.base" in modules:
-        return "worker"
-    if "gunicorn.arbiter" in modules:
-        return "master"
-    return None
+    if "gunicorn" not in sys.modules:  # a process started by a worker, not gunicorn
+        return None
+    from gunicorn.workers.base import Worker
+
+    handler = signal.getsignal(signal.SIGTERM)
+    return "worker" if isinstance(getattr(handler, "__self__", None), Worker) else "master"
+
+
+def in_memory_sqlite(url: sa.URL) -> bool:
+    """An SQLite database that lives in one connection of this process.
+
+    Flask-SQLAlchemy gives such a database one connection that every session
+    of every thread shares; the library's own work there would run inside the
+    caller's transactions, so it gets no scheduler.
+    """
+    if url.get_backend_name() != "sqlite":
+        return False
+    return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
 def _missing_table(exc: BaseException) -> bool:
@@ -136,30 +173,54 @@ def _missing_table(exc: BaseException) -> bool:
 #: APScheduler reports every tick at INFO; that chatter goes here, quiet
 #: (WARNING) unless the app sets this logger's level itself.
 TICK_LOGGER = "flask_durable_jobs.ticks"
+#: The alias of the scheduler's executor, so its per-run log lines go to
+#: ``apscheduler.executors.durable_jobs`` (also quiet unless the app says
+#: otherwise), not to the ``default`` executor's logger the app may use.
+TICK_EXECUTOR = "durable_jobs"
 
 
-class DaemonThreadExecutor(BaseExecutor):  # type: ignore[misc]
-    """Runs each tick in a fresh daemon thread.
+def _quiet(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    return logger
 
-    APScheduler's default pool uses non-daemon threads that the interpreter
-    joins before ``atexit`` handlers run, which would keep a long tick from
-    ever seeing the shutdown.
+
+def _fire(ref: weakref.ref[Scheduler], tick: str) -> None:
+    """An APScheduler job: start ``tick`` on a daemon thread of its own.
+
+    APScheduler runs this in its own (daemon) thread and it returns at once,
+    so no pool thread ever holds a tick: the interpreter joins non-daemon
+    threads before ``atexit`` runs, and a processor tick lasts as long as jobs
+    keep coming, so it would never see the shutdown that ends it.
     """
+    scheduler = ref()
+    if scheduler is not None and scheduler.begin_tick(tick):
+        threading.Thread(target=_run_tick, args=(ref, tick), name="durable-jobs-tick",
+                         daemon=True).start()
 
-    def start(self, scheduler: t.Any, alias: str) -> None:
-        super().start(scheduler, alias)
-        self._logger = logging.getLogger(TICK_LOGGER)
 
-    def _do_submit_job(self, job: t.Any, run_times: t.Any) -> None:
-        def target() -> None:
-            try:
-                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
-            except BaseException as exc:
-                self._run_job_error(job.id, exc, exc.__traceback__)
-            else:
-                self._run_job_success(job.id, events)
+def _run_tick(ref: weakref.ref[Scheduler], tick: str) -> None:
+    scheduler = ref()
+    if scheduler is None:
+        return
+    try:
+        getattr(scheduler, tick)()
+    finally:
+        scheduler.end_tick(tick)
 
-        threading.Thread(target=target, name="durable-jobs-tick", daemon=True).start()
+
+def _abandon(aps: BackgroundScheduler, stop_listening: threading.Event) -> None:
+    """Stop the threads of a scheduler whose app was garbage collected.
+
+    Its ticks hold the app while they run, so none is running; a thread of
+    its own, because the collection may happen on APScheduler's thread, which
+    cannot join itself.
+    """
+    stop_listening.set()
+    if aps.running:
+        threading.Thread(target=aps.shutdown, kwargs={"wait": False},
+                         name="durable-jobs-abandon", daemon=True).start()
 
 
 class Listener:
@@ -168,11 +229,12 @@ class Listener:
     PostgreSQL: LISTEN for the insert trigger's NOTIFY. SQLite: the file's
     change counter. A shortcut only: a lost notification, a dropped connection
     or a pooler that does not pass LISTEN costs at most one poll interval.
+    Holds the app's state weakly: its thread ends when the app is gone.
     """
 
     def __init__(self, state: State) -> None:
-        self.state = state
-        self._stop = threading.Event()
+        self._state = weakref.ref(state)
+        self.stopped = threading.Event()
         self._thread = threading.Thread(target=self._main, name="durable-jobs-listen",
                                         daemon=True)
 
@@ -180,27 +242,43 @@ class Listener:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopped.set()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def _watch(self) -> t.Any:
+        state = self._state()
+        return None if state is None else state.store.watch()
+
+    def _wake(self) -> bool:
+        state = self._state()
+        if state is None:
+            return False
+        state.runner.wake()
+        return True
+
     def _main(self) -> None:
         failures = 0
-        while not self._stop.is_set():
+        while not self.stopped.is_set():
             watcher = None
             try:
-                watcher = self.state.store.watch()
+                watcher = self._watch()
+                if watcher is None:
+                    return  # the app is gone
                 failures = 0
-                while not self._stop.is_set():
+                while not self.stopped.is_set():
                     if watcher.wait(0.5):
-                        self.state.runner.wake()
+                        if not self._wake():
+                            return
+                    elif self._state() is None:
+                        return
             except Exception as exc:
                 failures += 1
                 if failures == 1:
                     log.warning("watching for new jobs failed (%s); polling only until it"
                                 " recovers", exc)
-                self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                self.stopped.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
             finally:
                 if watcher is not None:
                     with contextlib.suppress(Exception):
@@ -217,7 +295,9 @@ class Scheduler:
         self._aps: t.Any = None
         self._listener: Listener | None = None
         self._active = 0  # ticks running now
+        self._ticking: set[str] = set()  # tick methods started and not yet ended
         self._idle = threading.Condition()
+        self._finalizer: weakref.finalize[..., Scheduler] | None = None
         self.started_at: dt.datetime | None = None
         self.last_tick: dt.datetime | None = None
         self.last_sweep: dt.datetime | None = None
@@ -227,32 +307,44 @@ class Scheduler:
         return self._aps is not None and self._aps.running
 
     def start(self) -> None:
+        if in_memory_sqlite(self.state.app_engine.url):
+            raise ConfigError(
+                "flask-durable-jobs cannot run a scheduler on an in-memory SQLite database:"
+                " it lives in one connection that the app's sessions share. Run jobs with"
+                " jobs.drain(), or use a database file."
+            )
         settings = self.state.settings
-        ticks = logging.getLogger(TICK_LOGGER)
-        if ticks.level == logging.NOTSET:
-            ticks.setLevel(logging.WARNING)
+        _quiet(f"apscheduler.executors.{TICK_EXECUTOR}")
         aps = BackgroundScheduler(
-            logger=ticks,
-            executors={"default": DaemonThreadExecutor()},
-            job_defaults={"coalesce": True, "max_instances": 5, "misfire_grace_time": None},
+            logger=_quiet(TICK_LOGGER),
+            executors={TICK_EXECUTOR: DebugExecutor()},
+            job_defaults={"coalesce": True, "misfire_grace_time": None,
+                          "executor": TICK_EXECUTOR},
             timezone=UTC,
             daemon=True,
         )
+        # The jobs hold the scheduler weakly (see _fire): APScheduler's thread
+        # must not keep a thrown-away app alive.
+        ref = weakref.ref(self)
         now = dt.datetime.now(UTC)
-        aps.add_job(self.process_tick, "interval", seconds=settings.poll_interval,
-                    id=PROCESS_JOB, next_run_time=now)
-        aps.add_job(self.sweep_tick, "interval", seconds=settings.sweep_interval,
-                    id=SWEEP_JOB, next_run_time=now)
-        aps.add_job(self.prune_tick, "interval", seconds=PRUNE_INTERVAL, id=PRUNE_JOB,
-                    next_run_time=now + dt.timedelta(seconds=min(60.0, PRUNE_INTERVAL)))
-        aps.add_job(self.periodic_tick, "interval", seconds=periodic.TICK_INTERVAL,
-                    id=PERIODIC_JOB, next_run_time=now)
-        aps.add_job(self.callback_tick, "interval", seconds=max(settings.poll_interval, 1.0),
-                    id=CALLBACK_JOB, next_run_time=now)
+        jobs: list[tuple[str, str, float, dt.datetime]] = [
+            (PROCESS_JOB, "process_tick", settings.poll_interval, now),
+            (SWEEP_JOB, "sweep_tick", settings.sweep_interval, now),
+            (PRUNE_JOB, "prune_tick", PRUNE_INTERVAL,
+             now + dt.timedelta(seconds=min(60.0, PRUNE_INTERVAL))),
+            (PERIODIC_JOB, "periodic_tick", periodic.TICK_INTERVAL, now),
+            (CALLBACK_JOB, "callback_tick", max(settings.poll_interval, 1.0), now),
+        ]
+        for job_id, tick, seconds, first in jobs:
+            aps.add_job(_fire, "interval", args=(ref, tick), seconds=seconds, id=job_id,
+                        next_run_time=first)
+        listener = Listener(self.state)
+        self._listener = listener
         self._aps = aps  # before start: the first ticks fire at once
+        self._finalizer = weakref.finalize(self, _abandon, aps, listener.stopped)
+        self._finalizer.atexit = False  # at exit, _at_exit stops live apps properly
         aps.start()
-        self._listener = Listener(self.state)
-        self._listener.start()
+        listener.start()
         self.started_at = now
         self.state.runner.on_idle_wake = self.kick
         log.info("durable jobs scheduler started (pid %s, worker %s)",
@@ -275,6 +367,8 @@ class Scheduler:
             aps, self._aps = self._aps, None  # from now on no tick starts work
         if aps is None:
             return
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if self._listener is not None:
             self._listener.stop()
         runner = self.state.runner
@@ -293,6 +387,19 @@ class Scheduler:
         log.info("durable jobs scheduler stopped (pid %s)", os.getpid())
 
     # -- ticks: never raise, so one bad tick never stops the next -------------
+
+    def begin_tick(self, tick: str) -> bool:
+        """Claim ``tick`` for a new run; False while its last run goes on
+        (a slow tick is skipped, not piled up)."""
+        with self._idle:
+            if tick in self._ticking:
+                return False
+            self._ticking.add(tick)
+            return True
+
+    def end_tick(self, tick: str) -> None:
+        with self._idle:
+            self._ticking.discard(tick)
 
     def _guard(self, name: str, func: t.Callable[[], t.Any]) -> None:
         with self._idle:

@@ -177,6 +177,15 @@ def _in_memory(url: sa.URL) -> bool:
     return (url.database or "") in ("", ":memory:") or "mode=memory" in str(url)
 
 
+def _no_connection_in_memory() -> t.Any:
+    raise ConfigError(
+        "flask-durable-jobs cannot run or read jobs on an in-memory SQLite database"
+        " (sqlite://): it lives in the one connection the app's sessions use, which the"
+        " library never shares. Enqueueing works; to run or read jobs (drain(), get(),"
+        " the admin API), use a database file, e.g. sqlite:///{tmp_path}/test.db in tests."
+    )
+
+
 def build_engine(
     app_engine: sa.Engine, pool_size: int, connect_args: dict[str, t.Any] | None = None
 ) -> sa.Engine:
@@ -185,8 +194,10 @@ def build_engine(
     A separate pool keeps the worker's short transactions apart from the app's
     sessions, and lets the library pick the driver (psycopg 3) and SQLite
     settings (WAL, busy timeout, explicit ``BEGIN IMMEDIATE``). An in-memory
-    SQLite database exists only inside the app's own engine, so that one is
-    shared.
+    SQLite database exists only in the one connection the app's sessions
+    share, so the library gets none of its own there: enqueueing (in the
+    caller's session) works, and anything that needs a connection of the
+    library's raises :class:`ConfigError` saying why.
     """
     url = app_engine.url
     backend = url.get_backend_name()
@@ -204,7 +215,7 @@ def build_engine(
         )
     if backend == "sqlite":
         if _in_memory(url):
-            return app_engine
+            return sa.create_engine("sqlite://", creator=_no_connection_in_memory)
         engine = sa.create_engine(
             url,
             pool_size=pool_size,

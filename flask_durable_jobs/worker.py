@@ -30,6 +30,7 @@ import time
 import traceback
 import typing as t
 import uuid
+import weakref
 from datetime import timedelta
 
 from . import payload as payload_json
@@ -111,7 +112,10 @@ class HandlerPool:
 
     def __init__(self, size: int, run: t.Callable[[WorkItem], bool], name: str) -> None:
         self._queue: queue.SimpleQueue[collections.deque[WorkItem] | None] = queue.SimpleQueue()
-        self._run = run
+        # ``run`` is a runner's method, held weakly: the threads end when the
+        # runner is collected, so an app that was thrown away leaves none.
+        self._run = weakref.WeakMethod(run)
+        weakref.finalize(t.cast(t.Any, run).__self__, _stop_threads, self._queue, size)
         self._name = name
         self._lock = threading.Lock()
         self._count = 0
@@ -128,17 +132,22 @@ class HandlerPool:
         thread.start()
 
     def _main(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
+        while (chunk := self._queue.get()) is not None:
+            if not self._run_chunk(chunk):
                 return
-            while chunk:
-                try:
-                    item = chunk.popleft()
-                except IndexError:  # emptied by the thread that took it over
-                    break
-                if not self._run(item):
-                    return  # abandoned after a timeout; see replace()
+
+    def _run_chunk(self, chunk: collections.deque[WorkItem]) -> bool:
+        run = self._run()  # a strong reference only while the chunk runs
+        if run is None:
+            return False
+        while chunk:
+            try:
+                item = chunk.popleft()
+            except IndexError:  # emptied by the thread that took it over
+                break
+            if not run(item):
+                return False  # abandoned after a timeout; see replace()
+        return True
 
     def submit(self, items: list[WorkItem], chunk: int = 1) -> None:
         for start in range(0, len(items), chunk):
@@ -157,6 +166,11 @@ class HandlerPool:
     def close(self, size: int) -> None:
         for _ in range(size):
             self._queue.put(None)
+
+
+def _stop_threads(work: queue.SimpleQueue[t.Any], count: int) -> None:
+    for _ in range(count):
+        work.put(None)
 
 
 class Writer:

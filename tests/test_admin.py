@@ -14,7 +14,7 @@ from flask import Flask, abort, request
 from flask.testing import FlaskClient
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_durable_jobs import STATUSES, Discard, DurableJobs, admin, config, masking
+from flask_durable_jobs import STATUSES, Discard, DurableJobs, admin, masking
 from flask_durable_jobs.masking import MASK
 from flask_durable_jobs.models import TABLE_NAME
 
@@ -742,30 +742,6 @@ def test_authorizer_may_abort(app: Flask, client: t.Any, jobs: DurableJobs) -> N
 
     response = client.get(f"{PREFIX}/stats")
     assert assert_error(response, 401, "unauthorized") == "log in first"
-
-
-@pytest.mark.parametrize(
-    ("token", "with_authorizer", "warns"),
-    [(None, False, True), (TOKEN, False, False), (None, True, False)],
-)
-def test_register_warns_when_closed(
-    caplog: pytest.LogCaptureFixture, token: str | None, with_authorizer: bool, warns: bool
-) -> None:
-    app = Flask("bare")
-    jobs = DurableJobs()
-    if with_authorizer:
-        jobs.admin_authorizer(lambda: True)
-    settings = config.load({"DURABLE_JOBS_ADMIN_TOKEN": token})
-    with caplog.at_level(logging.WARNING, logger="flask_durable_jobs"):
-        admin.register(app, jobs, settings)
-    messages = [r.getMessage() for r in caplog.records if r.name == "flask_durable_jobs"]
-    if warns:
-        [message] = messages
-        assert "DURABLE_JOBS_ADMIN_TOKEN" in message and "@jobs.admin_authorizer" in message
-        assert "after init_app" in message
-    else:
-        assert messages == []
-    assert "durable_jobs_admin" in app.blueprints
 
 
 @pytest.mark.config(DURABLE_JOBS_URL_PREFIX="/ops/queue", DURABLE_JOBS_ADMIN_TOKEN=TOKEN)

@@ -21,6 +21,18 @@ def test_defaults() -> None:
     assert (s.url_prefix, s.admin_token) == ("/admin/jobs", None)
 
 
+def test_payload_size_limit() -> None:
+    assert load({}).max_payload_bytes == 1024 * 1024
+    assert load({"DURABLE_JOBS_MAX_PAYLOAD_BYTES": 4096}).max_payload_bytes == 4096
+
+
+def test_scheduler_is_off_under_testing_unless_named() -> None:
+    assert load({"TESTING": True}).scheduler is False
+    assert load({"TESTING": True, "DURABLE_JOBS_SCHEDULER": True}).scheduler is True
+    assert load({"TESTING": False}).scheduler is True
+    assert load({"DURABLE_JOBS_SCHEDULER": False}).scheduler is False
+
+
 def test_ints_and_floats_and_queue_lists() -> None:
     s = load({"DURABLE_JOBS_POLL_INTERVAL": 2, "DURABLE_JOBS_LEASE_SECONDS": 0.5,
               "DURABLE_JOBS_CONCURRENCY": 8.0, "DURABLE_JOBS_QUEUES": " a, b ,a"})
@@ -50,6 +62,8 @@ def test_ints_and_floats_and_queue_lists() -> None:
         ("URL_PREFIX", "/admin/", "not ending"),
         ("ADMIN_TOKEN", "", "non-empty"),
         ("SCHEDULER", "yes", "True or False"),
+        ("MAX_PAYLOAD_BYTES", 0, "at least 1"),
+        ("MAX_PAYLOAD_BYTES", "1MB", "integer"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: t.Any, message: str) -> None:

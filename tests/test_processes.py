@@ -373,6 +373,10 @@ def test_kill_9_charges_an_attempt_only_to_jobs_that_had_started(world: World) -
 # -- 2. gunicorn: three workers, each with its scheduler ----------------------------------
 
 
+#: The warning of a process that serves an admin API nobody can use.
+ADMIN_CLOSED = "answers 403 to every request"
+
+
 def gunicorn(world: World, name: str, *extra: str, workers: int = 3, **config: t.Any) -> Proc:
     return world.spawn(
         name,
@@ -394,7 +398,8 @@ def test_gunicorn_workers_run_every_job_exactly_once(world: World) -> None:
     total = 1200
     tags = [f"g{i}" for i in range(total)]
     ids = world.enqueue(tags)
-    server = gunicorn(world, "gunicorn", **dict(FAST, LEASE_SECONDS=5, SWEEP_INTERVAL=1))
+    server = gunicorn(world, "gunicorn",
+                      **dict(FAST, LEASE_SECONDS=5, SWEEP_INTERVAL=1, ADMIN_TOKEN=None))
     world.wait_all("succeeded", total, 120)
     stop_gunicorn(server)
 
@@ -412,13 +417,14 @@ def test_gunicorn_workers_run_every_job_exactly_once(world: World) -> None:
     output = server.output()
     assert "database is locked" not in output
     assert "tick failed" not in output, output[-3000:]
+    assert output.count(ADMIN_CLOSED) == 3  # once in each worker, which built the app
 
 
 def test_gunicorn_preload_runs_jobs_in_workers_only(world: World) -> None:
     total = 300
     tags = [f"p{i}" for i in range(total)]
     world.enqueue(tags)
-    server = gunicorn(world, "gunicorn-preload", "--preload", **FAST)
+    server = gunicorn(world, "gunicorn-preload", "--preload", **dict(FAST, ADMIN_TOKEN=None))
     world.wait_all("succeeded", total, 90)
     # Give a scheduler in the master, if any, every chance to show itself.
     time.sleep(1)
@@ -435,6 +441,7 @@ def test_gunicorn_preload_runs_jobs_in_workers_only(world: World) -> None:
     output = server.output()
     assert "database is locked" not in output
     assert "tick failed" not in output, output[-3000:]
+    assert output.count(ADMIN_CLOSED) == 1  # the master built the app, once
 
 
 # -- 3. a lease far shorter than the job --------------------------------------------------
@@ -638,18 +645,20 @@ def test_flask_run_with_reloader_runs_the_scheduler_in_the_child_only(world: Wor
 def test_other_flask_commands_never_start_the_scheduler(world: World) -> None:
     job_id = world.enqueue(["idle"])["idle"]
 
-    stats = world.flask("jobs", "stats", **FAST)
+    closed = dict(FAST, ADMIN_TOKEN=None)
+    stats = world.flask("jobs", "stats", **closed)
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["by_status"]["pending"] == 1
     shell = world.flask("shell", stdin="import time\ntime.sleep(1.5)\nprint('shell done')\n",
-                        **FAST)
+                        **closed)
     assert shell.returncode == 0, shell.stderr
     assert "shell done" in shell.stdout + shell.stderr
-    idle = world.flask("idle", "1.5", **FAST)
+    idle = world.flask("idle", "1.5", **closed)
     assert idle.returncode == 0, idle.stderr
     assert "idle done" in idle.stdout
     for done in (stats, shell, idle):
         assert not STARTED.search(done.stdout + done.stderr), done.args
+        assert ADMIN_CLOSED not in done.stdout + done.stderr, done.args
     assert world.row(job_id).status == "pending"
     assert world.runs() == []
 

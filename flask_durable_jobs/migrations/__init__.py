@@ -8,7 +8,10 @@ They run in their own Alembic environment with their own version table
 
 from __future__ import annotations
 
+import importlib
+import logging
 import pathlib
+import sys
 import typing as t
 
 import sqlalchemy as sa
@@ -33,30 +36,43 @@ JOB_TABLES = frozenset(
 )
 
 
-def _run_revisions(connection: sa.Connection, revision: str) -> None:
-    from alembic.operations import Operations
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
+def _alembic() -> t.Any:
+    """``alembic.command``, imported without the INFO lines Alembic logs about
+    its plugins as it loads: the library's use of Alembic must not add to the
+    app's log."""
+    if "alembic.command" in sys.modules:
+        return sys.modules["alembic.command"]
+    plugins = logging.getLogger("alembic.runtime.plugins")
 
-    script = ScriptDirectory(SCRIPT_LOCATION)
+    def drop(record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO
 
-    def steps(current: t.Any, _context: t.Any) -> t.Any:
-        return script._upgrade_revs(revision, current)
+    plugins.addFilter(drop)
+    try:
+        return importlib.import_module("alembic.command")
+    finally:
+        plugins.removeFilter(drop)
 
-    context = MigrationContext.configure(
-        connection, opts={"version_table": VERSION_TABLE, "fn": steps, "script": script}
-    )
-    with Operations.context(context):
-        context.run_migrations()
+
+def config(connection: sa.Connection | None = None) -> t.Any:
+    """An Alembic ``Config`` for the shipped revisions (and their version
+    table), migrating on ``connection``."""
+    from alembic.config import Config
+
+    _alembic()
+    alembic_config = Config()
+    alembic_config.set_main_option("script_location", SCRIPT_LOCATION)
+    alembic_config.attributes["connection"] = connection
+    return alembic_config
 
 
 def upgrade(bind: sa.Engine | sa.Connection, revision: str = "head") -> None:
     """Apply the shipped revisions up to ``revision`` on an engine or connection."""
     if isinstance(bind, sa.Engine):
         with bind.begin() as connection:
-            _run_revisions(connection, revision)
+            _alembic().upgrade(config(connection), revision)
         return
-    _run_revisions(bind, revision)
+    _alembic().upgrade(config(bind), revision)
     if bind.in_transaction():
         bind.commit()
 
@@ -80,7 +96,9 @@ def flask_migrate_hook(context: t.Any, connection: sa.Connection) -> None:
     * ``flask db migrate`` (autogenerate) leaves the job tables out of the
       app's revisions;
     * ``flask db upgrade`` first applies the package's own revisions, kept in
-      their own version table, then the app's.
+      their own version table, then the app's (``flask db downgrade`` and
+      ``flask db stamp`` bring the job tables up to date too: they belong to
+      the installed package, not to the app's history).
 
     Later package versions ship new revisions; ``flask db upgrade`` applies
     them with nothing to copy or generate.
@@ -108,8 +126,12 @@ def flask_migrate_hook(context: t.Any, connection: sa.Connection) -> None:
 
     opts["include_name"] = include_name
     opts["include_object"] = include_object
-    if context.is_offline_mode():
+    # Commands that move the app's schema (upgrade, and also downgrade and
+    # stamp) name a destination revision; revision, check and current don't.
+    if context.is_offline_mode() or opts.get("destination_rev") is None:
         return
-    command = opts.get("fn")
-    if getattr(command, "__name__", "") == "upgrade":
-        upgrade(connection)
+    host = migration_context.environment_context
+    upgrade(connection)
+    # Leaving its own environment, Alembic took the app's out of
+    # ``alembic.context``; the app's env.py goes on with it, so put it back.
+    host.__enter__()
