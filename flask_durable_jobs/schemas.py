@@ -185,9 +185,11 @@ def describe(exc: ValidationError, subject: str) -> str:
 class ListQuery(BaseModel):
     """Query parameters of ``GET {prefix}``; others are ignored."""
 
-    status: t.Annotated[str | None, OneOf(STATUSES)] = None
-    job_type: t.Annotated[str | None, FilterText()] = None
-    queue: t.Annotated[str | None, FilterText()] = None
+    status: t.Annotated[str | None, OneOf(STATUSES), Field(description="Only this status.")] = None
+    job_type: t.Annotated[
+        str | None, FilterText(), Field(description="Only this job type.")
+    ] = None
+    queue: t.Annotated[str | None, FilterText(), Field(description="Only this queue.")] = None
     page: t.Annotated[int, WholeNumber(1, MAX_PAGE), Field(description="Page number.")] = 1
     per_page: t.Annotated[
         int,
@@ -223,7 +225,7 @@ class ProcessQuery(BaseModel):
 
 
 class ProcessBody(BaseModel):
-    """The optional JSON body of ``POST {prefix}/process``."""
+    """The optional JSON body of POST {prefix}/process."""
 
     limit: t.Annotated[
         int | None, WholeNumber(1, MAX_PROCESS_LIMIT, text=False, nullable=True)
