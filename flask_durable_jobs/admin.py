@@ -147,9 +147,8 @@ def register(app: Flask, ext: DurableJobs, settings: Settings) -> None:
     for path in (settings.url_prefix, settings.url_prefix + "/<durable_jobs_rest:rest>"):
         app.url_map.add(Rule(path, endpoint=UNMATCHED_ENDPOINT, methods=None, strict_slashes=False))
     app.view_functions[UNMATCHED_ENDPOINT] = _unmatched
-    if settings.admin_token is None and settings.admin_read_token is None and (
-        ext.authorizer is None
-    ):
+    tokens = (settings.admin_token, settings.admin_read_token)
+    if ext.authorizer is None and tokens == (None, None):
         logger.warning(
             "The admin API at %s answers 403 to every request: set"
             " DURABLE_JOBS_ADMIN_TOKEN (or DURABLE_JOBS_ADMIN_READ_TOKEN), or register"
