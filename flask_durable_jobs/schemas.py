@@ -175,7 +175,8 @@ def describe(exc: ValidationError, subject: str) -> str:
     name = ".".join(str(part) for part in error["loc"]) or subject
     if error["type"] in ("whole_number", "empty", "nul", "one_of"):
         return f"{name} {error['msg']}"
-    # Pydantic's own words, for shapes no route expects (they start in capitals).
+    # Pydantic's own words, for a shape no model here expects (a body that is
+    # not an object, say).
     return f"{name}: {error['msg']}"
 
 
