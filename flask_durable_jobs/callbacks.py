@@ -21,7 +21,13 @@ check both with :func:`verify`, refusing forgeries and replays.
 Targets: ``http``/``https`` only. With ``DURABLE_JOBS_CALLBACK_HOSTS`` set,
 only those host names; without it, only hosts whose every address is public
 (no loopback, private, link-local or reserved address), checked at each
-delivery, so callbacks can't be aimed at internal services.
+delivery, so callbacks can't be aimed at internal services. An IPv6 address
+that carries an IPv4 address (NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``,
+IPv4-mapped and IPv4-compatible) is judged by the IPv4 address it carries.
+
+A delivery that fails for a reason of its own (its body cannot be built, an
+unexpected error) marks or leaves that callback alone; the others claimed
+with it are still sent.
 """
 
 from __future__ import annotations
@@ -83,6 +89,38 @@ class Refused(Exception):
     """The target may not be contacted; never retried."""
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: RFC 8215's prefix for NAT64 inside one network: never a public target.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it carries one.
+
+    A connection to it reaches that IPv4 host (through a NAT64 gateway, a
+    6to4 relay or the host's own stack), so it is judged by that address.
+    """
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``address`` is no public target (in words), or None when it is one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL:
+            return f"the non-public address {address} (local-use NAT64)"
+        carried = embedded_ipv4(address)
+        if carried is not None:
+            return None if carried.is_global else f"the non-public address {address} ({carried})"
+    return None if address.is_global else f"the non-public address {address}"
+
+
 def resolve_target(url: str, settings: Settings) -> str:
     """The address to connect to, checked; raises :class:`Refused` or ``OSError``.
 
@@ -93,7 +131,7 @@ def resolve_target(url: str, settings: Settings) -> str:
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host:
-        raise Refused(f"not an http(s) URL: {url!r}")
+        raise Refused(f"not an http(s) URL: {masking.mask_url(url)!r}")
     allowed = settings.callback_hosts
     if allowed is not None and host.lower() not in {h.lower() for h in allowed}:
         raise Refused(f"host {host!r} is not in DURABLE_JOBS_CALLBACK_HOSTS")
@@ -105,9 +143,10 @@ def resolve_target(url: str, settings: Settings) -> str:
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if allowed is None:
         for address in addresses:
-            if not address.is_global:
+            why = non_public(address)
+            if why is not None:
                 raise Refused(
-                    f"host {host!r} resolves to the non-public address {address};"
+                    f"host {host!r} resolves to {why};"
                     " list it in DURABLE_JOBS_CALLBACK_HOSTS to allow it"
                 )
     return str(addresses[0])
@@ -187,7 +226,15 @@ def deliver_due(state: State) -> int:
     now = state.now()
     claimed_until = now + timedelta(seconds=CLAIM_SECONDS)
     jobs = state.store.claim_callbacks(now, claimed_until, BATCH)
-    return sum(_deliver(state, job, claimed_until) for job in jobs)
+    delivered = 0
+    for job in jobs:
+        try:
+            delivered += _deliver(state, job, claimed_until)
+        except Exception:
+            # Its claim runs out and it is tried again then; the rest of the
+            # batch must not wait for it.
+            log.exception("job %s: callback delivery failed", job.id)
+    return delivered
 
 
 def _deliver(state: State, job: Job, claimed_until: t.Any) -> bool:
@@ -223,7 +270,13 @@ def _deliver(state: State, job: Job, claimed_until: t.Any) -> bool:
     if secret is None:
         retry("DURABLE_JOBS_CALLBACK_SECRET is not set")
         return False
-    body = body_for(job)
+    try:
+        body = body_for(job)
+    except Exception as exc:  # the same job would fail the same way every time
+        log.warning("job %s: callback body could not be built", job.id, exc_info=True)
+        why = f"the callback body could not be built: {type(exc).__name__}: {exc}"
+        record("failed", why[:1000])
+        return False
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",

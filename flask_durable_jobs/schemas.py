@@ -175,7 +175,8 @@ def describe(exc: ValidationError, subject: str) -> str:
     name = ".".join(str(part) for part in error["loc"]) or subject
     if error["type"] in ("whole_number", "empty", "nul", "one_of"):
         return f"{name} {error['msg']}"
-    # Pydantic's own words, for shapes no route expects (they start in capitals).
+    # Pydantic's own words, for a shape no model here expects (a body that is
+    # not an object, say).
     return f"{name}: {error['msg']}"
 
 
@@ -185,9 +186,11 @@ def describe(exc: ValidationError, subject: str) -> str:
 class ListQuery(BaseModel):
     """Query parameters of ``GET {prefix}``; others are ignored."""
 
-    status: t.Annotated[str | None, OneOf(STATUSES)] = None
-    job_type: t.Annotated[str | None, FilterText()] = None
-    queue: t.Annotated[str | None, FilterText()] = None
+    status: t.Annotated[str | None, OneOf(STATUSES), Field(description="Only this status.")] = None
+    job_type: t.Annotated[
+        str | None, FilterText(), Field(description="Only this job type.")
+    ] = None
+    queue: t.Annotated[str | None, FilterText(), Field(description="Only this queue.")] = None
     page: t.Annotated[int, WholeNumber(1, MAX_PAGE), Field(description="Page number.")] = 1
     per_page: t.Annotated[
         int,
@@ -223,7 +226,7 @@ class ProcessQuery(BaseModel):
 
 
 class ProcessBody(BaseModel):
-    """The optional JSON body of ``POST {prefix}/process``."""
+    """The optional JSON body of POST {prefix}/process."""
 
     limit: t.Annotated[
         int | None, WholeNumber(1, MAX_PROCESS_LIMIT, text=False, nullable=True)

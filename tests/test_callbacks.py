@@ -7,8 +7,11 @@ scheduler is off) and move the library clock to make retries due.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +24,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_durable_jobs import ConfigError, Discard, DurableJobs, callbacks
+from flask_durable_jobs import ConfigError, Discard, DurableJobs, callbacks, config, masking
 from flask_durable_jobs.masking import MASK
 from flask_durable_jobs.models import TABLE_NAME
 from flask_durable_jobs.testing import move_time
@@ -336,6 +339,9 @@ def test_a_pending_callback_keeps_its_job_from_being_pruned(
 @pytest.mark.parametrize("host", [
     "127.0.0.1", "localhost", "127.1", "2130706433", "0.0.0.0", "[::1]",
     "[::ffff:127.0.0.1]", "10.0.0.1", "169.254.169.254",
+    # IPv6 addresses that carry an IPv4 one: NAT64, 6to4, IPv4-compatible
+    "[64:ff9b::7f00:1]", "[64:ff9b::a9fe:a9fe]", "[2002:7f00:1::1]", "[2002:a00:1::]",
+    "[::127.0.0.1]", "[64:ff9b:1::808:808]",
 ])
 def test_internal_hosts_are_refused_and_never_contacted(
     app: Flask, handlers: DurableJobs, receiver: Receiver, host: str
@@ -353,6 +359,29 @@ def test_internal_hosts_are_refused_and_never_contacted(
     move_time(hours=2)
     assert deliver(app) == 0
     assert receiver.received() == []
+
+
+@pytest.mark.parametrize(("host", "carried"), [
+    ("64:ff9b::808:808", "8.8.8.8"), ("2002:808:808::1", "8.8.8.8"),
+    ("64:ff9b::7f00:1", "127.0.0.1"), ("2002:a9fe:a9fe::", "169.254.169.254"),
+])
+def test_an_ipv6_address_is_judged_by_the_ipv4_address_it_carries(
+    host: str, carried: str
+) -> None:
+    settings = config.load({"DURABLE_JOBS_CALLBACK_SECRET": SECRET})
+    url = f"https://[{host}]/hook"
+    if ipaddress.ip_address(carried).is_global:
+        assert callbacks.resolve_target(url, settings) == host
+    else:
+        with pytest.raises(callbacks.Refused, match=re.escape(f"({carried})")):
+            callbacks.resolve_target(url, settings)
+
+
+def test_a_refusal_does_not_show_the_urls_password() -> None:
+    settings = config.load({"DURABLE_JOBS_CALLBACK_SECRET": SECRET})
+    with pytest.raises(callbacks.Refused) as caught:
+        callbacks.resolve_target("ftp://ops:s3cr3t@hooks.example.com/x", settings)
+    assert "s3cr3t" not in str(caught.value) and "hooks.example.com" in str(caught.value)
 
 
 @pytest.mark.config(DURABLE_JOBS_CALLBACK_SECRET=SECRET)
@@ -454,6 +483,99 @@ def test_enqueue_with_a_callback_needs_a_signing_secret(
     assert count_rows(db) == 0
     handlers.enqueue("ok", {})  # without a callback, fine
     assert count_rows(db) == 1
+
+
+# -- one bad callback among others -------------------------------------------------------
+
+
+def three_pending(jobs: DurableJobs, receiver: Receiver) -> list[int]:
+    ids = [jobs.enqueue("ok", {"i": i}, callback_url=receiver.url(f"/hook/{i}")).id
+           for i in range(3)]
+    jobs.drain()
+    assert {job_row(jobs, i).callback_status for i in ids} == {"pending"}
+    return ids
+
+
+@allowed
+def test_a_payload_stored_deeper_than_enqueue_accepts_is_delivered_cut(
+    app: Flask, handlers: DurableJobs, db: SQLAlchemy, receiver: Receiver
+) -> None:
+    """Written into the table by other means, 500 levels deep: the callback is
+    built all the same (masked, cut at masking's depth), and so are the others."""
+    first, deep_id, last = three_pending(handlers, receiver)
+    deep: t.Any = {"leaf": True}
+    for _ in range(500):
+        deep = {"password": "p", "next": deep}
+    table = db.metadata.tables[TABLE_NAME]
+    db.session.execute(sa.update(table).where(table.c.id == deep_id).values(payload=deep))
+    db.session.commit()
+
+    assert deliver(app) == 3
+    by_path = {r.path: r.json()["job"] for r in receiver.received()}
+    assert sorted(by_path) == ["/hook/0", "/hook/1", "/hook/2"]
+    payload, levels = by_path["/hook/1"]["payload"], 0
+    while isinstance(payload, dict):
+        assert payload["password"] == MASK
+        payload, levels = payload["next"], levels + 1
+    assert (payload, levels) == (masking.TOO_DEEP, masking.MAX_DEPTH + 1)
+    for job_id in (first, deep_id, last):
+        assert job_row(handlers, job_id).callback_status == "delivered"
+
+
+@allowed
+def test_a_callback_whose_body_cannot_be_built_fails_alone(
+    app: Flask, handlers: DurableJobs, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, broken, last = three_pending(handlers, receiver)
+    real = callbacks.body_for
+
+    def body_for(job: t.Any) -> bytes:
+        if job.id == broken:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(job)
+
+    monkeypatch.setattr(callbacks, "body_for", body_for)
+    assert deliver(app) == 2
+    assert sorted(r.path for r in receiver.received()) == ["/hook/0", "/hook/2"]
+    row = job_row(handlers, broken)
+    assert (row.callback_status, row.callback_attempts) == ("failed", 1)
+    assert row.callback_error == (
+        "the callback body could not be built: RecursionError: maximum recursion depth exceeded"
+    )
+    assert row.status == "succeeded"  # the job's own outcome is untouched
+    for job_id in (first, last):
+        assert job_row(handlers, job_id).callback_status == "delivered"
+    move_time(hours=2)
+    assert deliver(app) == 0 and len(receiver.received()) == 2  # not retried
+
+
+@allowed
+def test_an_unexpected_error_leaves_that_callback_to_its_claim(
+    app: Flask, handlers: DurableJobs, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, unlucky, _ = three_pending(handlers, receiver)
+    real = callbacks.resolve_target
+
+    def resolve(url: str, settings: t.Any) -> str:
+        if url.endswith("/hook/1"):
+            raise KeyError("a bug somewhere")
+        return real(url, settings)
+
+    monkeypatch.setattr(callbacks, "resolve_target", resolve)
+    with caplog.at_level(logging.ERROR, logger="flask_durable_jobs"):
+        assert deliver(app) == 2
+    [record] = [r for r in caplog.records if r.name == "flask_durable_jobs"]
+    assert f"job {unlucky}" in record.getMessage() and record.exc_info is not None
+    row = job_row(handlers, unlucky)
+    assert (row.callback_status, row.callback_attempts) == ("pending", 0)
+
+    monkeypatch.setattr(callbacks, "resolve_target", real)
+    assert deliver(app) == 0  # still claimed
+    move_time(seconds=callbacks.CLAIM_SECONDS + 1)
+    assert deliver(app) == 1
+    assert sorted(r.path for r in receiver.received()) == ["/hook/0", "/hook/1", "/hook/2"]
+    assert job_row(handlers, unlucky).callback_status == "delivered"
 
 
 # -- several processes ------------------------------------------------------------------
