@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import typing as t
 
 import sqlalchemy as sa
@@ -17,32 +18,71 @@ from sqlalchemy.dialects import postgresql
 
 TABLE_NAME = "durable_jobs"
 
-PENDING = "pending"
-RUNNING = "running"
-RETRYING = "retrying"
-SUCCEEDED = "succeeded"
-DEAD = "dead"
-CANCELLED = "cancelled"
+
+class Status(str, enum.Enum):
+    """A job's status. A member is the very string stored in the ``status``
+    column, so it compares equal to it and goes to either driver as text."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The members by their old names; typed as the strings they are, to be
+# compared with and used as keys beside statuses read from the database.
+PENDING: str = Status.PENDING
+RUNNING: str = Status.RUNNING
+RETRYING: str = Status.RETRYING
+SUCCEEDED: str = Status.SUCCEEDED
+DEAD: str = Status.DEAD
+CANCELLED: str = Status.CANCELLED
 
 #: Every status, in lifecycle order.
-STATUSES: tuple[str, ...] = (PENDING, RUNNING, RETRYING, SUCCEEDED, DEAD, CANCELLED)
+STATUSES: tuple[str, ...] = tuple(Status)
 #: Statuses whose jobs wait to be claimed.
 WAITING: tuple[str, ...] = (PENDING, RETRYING)
 #: Statuses a job never leaves on its own.
 TERMINAL: tuple[str, ...] = (SUCCEEDED, DEAD, CANCELLED)
+
+
+class CallbackStatus(str, enum.Enum):
+    """Where a job's completion callback stands (``callback_status``; none
+    without a ``callback_url``)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def sql_literal(value: str) -> str:
+    """A status as an SQL string literal (the library's own words: no quote
+    inside to escape)."""
+    return f"'{value}'"
+
 
 # The conditions of the partial indexes, as SQL. Queries meant to read an
 # index repeat its condition word for word: SQLite (and PostgreSQL once it
 # plans a prepared statement generically) matches a query to a partial index
 # only on literal values, never on bound parameters.
 #: Jobs waiting to be claimed (the claim's index).
-WAITING_SQL = "status IN ('pending', 'retrying')"
+WAITING_SQL = f"status IN ({', '.join(map(sql_literal, WAITING))})"
 #: Jobs running under a lease.
-RUNNING_SQL = "status = 'running'"
+RUNNING_SQL = f"status = {sql_literal(RUNNING)}"
 #: Jobs that ended. Not an ``IN`` list: for a list of three or more values,
 #: SQLite builds a temporary table each time a statement that writes a row
-#: tests the condition, which was two fifths of the cost of an ``INSERT``.
-ENDED_SQL = "(status = 'succeeded' OR status = 'dead' OR status = 'cancelled')"
+#: tests the condition.
+ENDED_SQL = "(" + " OR ".join(f"status = {sql_literal(s)}" for s in TERMINAL) + ")"
+#: Jobs whose completion callback waits to be sent.
+CALLBACK_DUE_SQL = f"callback_status = {sql_literal(CallbackStatus.PENDING)}"
 
 UTC = dt.timezone.utc
 
@@ -123,7 +163,7 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
     ended = sa.text(ENDED_SQL)
     keyed = sa.text("idempotency_key IS NOT NULL")
     in_batch = sa.text("batch_id IS NOT NULL")
-    callback_due = sa.text("callback_status = 'pending'")
+    callback_due = sa.text(CALLBACK_DUE_SQL)
     return sa.Table(
         TABLE_NAME,
         metadata,
