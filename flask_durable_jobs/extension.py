@@ -228,10 +228,8 @@ class State:
             if runner is not None:
                 runner.close()
             store, self._store = self._store, None
-        if store is not None:
-            store.close_connections()
-            if store.engine is not self.app_engine:
-                store.engine.dispose()
+        if store is not None and store.engine is not self.app_engine:
+            store.engine.dispose()
 
     def after_fork(self) -> None:
         """In a forked child: drop the parent's threads and connections."""
@@ -240,7 +238,6 @@ class State:
         self._runner = None
         if self._store is not None:
             self._store.engine.dispose(close=False)
-            self._store.close_connections(close=False)
             self._store = None
         if self.start_policy == AFTER_FORK:
             self.start_policy = NOW
@@ -498,12 +495,8 @@ class DurableJobs:
         session: t.Any = state.db.session
         if commit and _idle(session):
             # Committing the session would commit the job alone: insert it in
-            # a transaction of its own, without the session's machinery. On
-            # PostgreSQL that is one autocommitted statement on the library's
-            # connections; on SQLite a short one on the app's own engine, with
-            # the app's durability settings.
-            engine = None if state.store.autocommits else state.app_engine
-            job, created = state.store.insert_now(values, engine)
+            # a transaction of its own, without the session's machinery.
+            job, created = state.store.insert_now(values, state.app_engine)
             commit = False  # nothing left to commit; signal and wake below
             session = None
         else:
@@ -667,10 +660,8 @@ class DurableJobs:
             by_type.setdefault(job_type, []).append((index, text))
         session = state.db.session
         now = state.now()
-        session.execute(state.batches.insert().values(
-            id=batch_id, on_complete=on_complete, on_complete_payload=on_complete_payload,
-            created_at=now,
-        ))
+        state.store.insert_batch(session, batch_id, on_complete=on_complete,
+                                 on_complete_payload=on_complete_payload, now=now)
         ids: list[int] = [0] * len(pairs)
         for job_type, items in by_type.items():
             values = self._job_values(state, job_type, delay=None, run_at=None, queue=None,

@@ -2,8 +2,9 @@
 
 The table is defined with SQLAlchemy Core on the app's ``db.metadata``, so
 ``db.create_all()`` creates it and Alembic autogenerate sees it. The queue's
-hot path (claim, finish, heartbeat) uses plain SQL in :mod:`.store`; nothing
-per row goes through the ORM.
+statements live in :mod:`.sql` (one file per database) and run in
+:mod:`.store`; nothing per row goes through the ORM. Statuses are
+:class:`Status` members, which are the strings stored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import typing as t
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+
+from . import sql
 
 TABLE_NAME = "durable_jobs"
 
@@ -84,6 +87,18 @@ ENDED_SQL = "(" + " OR ".join(f"status = {sql_literal(s)}" for s in TERMINAL) + 
 #: Jobs whose completion callback waits to be sent.
 CALLBACK_DUE_SQL = f"callback_status = {sql_literal(CallbackStatus.PENDING)}"
 
+#: What the ``{NAME}`` placeholders of the SQL files (:mod:`flask_durable_jobs.sql`)
+#: stand for: each status as a literal (``{RUNNING}`` is ``'running'``,
+#: ``{CALLBACK_PENDING}`` a callback's), and the index conditions above.
+SQL_NAMES: dict[str, str] = {
+    **{status.name: sql_literal(status) for status in Status},
+    **{f"CALLBACK_{status.name}": sql_literal(status) for status in CallbackStatus},
+    "WAITING_SQL": WAITING_SQL,
+    "RUNNING_SQL": RUNNING_SQL,
+    "ENDED_SQL": ENDED_SQL,
+    "CALLBACK_DUE_SQL": CALLBACK_DUE_SQL,
+}
+
 UTC = dt.timezone.utc
 
 
@@ -118,41 +133,24 @@ def _id_type() -> sa.types.TypeEngine[int]:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-#: The channel new jobs are announced on (PostgreSQL); a wake-up, not a
-#: guarantee: polling remains the correctness path (PgBouncer in transaction
-#: mode drops LISTEN).
-NOTIFY_CHANNEL = "durable_jobs"
-
-#: One NOTIFY per INSERT statement (not per row); PostgreSQL folds identical
-#: notifications of one transaction into one.
-NOTIFY_DDL = (
-    "CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger"
-    " LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('durable_jobs', '');"
-    " RETURN NULL; END $$",
-    "CREATE TRIGGER durable_jobs_notify AFTER INSERT ON durable_jobs"
-    " FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()",
-)
-
-
 def define_table(metadata: sa.MetaData) -> sa.Table:
-    """Return the job table on ``metadata``, defining it the first time."""
+    """Return the job table on ``metadata``, defining it the first time.
+
+    The statements a database needs beside the table (PostgreSQL's insert
+    trigger, which announces new jobs to waiting processes) come from its SQL
+    file (:mod:`flask_durable_jobs.sql`) and run with the table's own
+    ``CREATE`` and ``DROP``, so ``db.create_all()`` makes them too.
+    """
     existing = metadata.tables.get(TABLE_NAME)
     if existing is not None:
         return existing
     table = _define_table(metadata)
-    for statement in NOTIFY_DDL:
-        sa.event.listen(
-            table,
-            "after_create",
-            sa.DDL(statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
-        )
-    sa.event.listen(
-        table,
-        "before_drop",
-        sa.DDL(  # type: ignore[no-untyped-call]
-            "DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE"
-        ).execute_if(dialect="postgresql"),
-    )
+    for dialect in sql.DIALECTS:
+        for name, statement in sql.load(dialect).items():
+            event, _, _ = name.partition(".")
+            if event in ("after_create", "before_drop"):
+                ddl = sa.DDL(statement).execute_if(dialect=dialect)  # type: ignore[no-untyped-call]
+                sa.event.listen(table, event, ddl)
     return table
 
 
