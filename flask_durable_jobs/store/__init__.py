@@ -14,8 +14,9 @@ import typing as t
 import sqlalchemy as sa
 
 from ..errors import ConfigError
-from .base import ClaimedRow, Finish, Store, Watcher
+from .base import Store
 from .postgresql import PostgresStore
+from .records import ClaimedRow, Finish, Watcher
 from .sqlite import SQLiteStore
 
 __all__ = [

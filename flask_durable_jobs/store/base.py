@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import operator
@@ -44,6 +43,7 @@ from ..models import (
     Job,
     as_utc,
 )
+from .records import ClaimedRow, Finish, Statement, Watcher
 
 #: Rows deleted per statement when pruning, so no lock is held for long.
 PRUNE_BATCH = 1000
@@ -63,56 +63,6 @@ _NEW_JOB: dict[str, t.Any] = {**dict.fromkeys(JOB_COLUMNS), "callback_attempts":
 
 #: Where a job can be inserted: the caller's session, or a connection.
 Target = t.Union[Session, "scoped_session[t.Any]", sa.Connection]
-
-
-@dataclasses.dataclass(slots=True)
-class ClaimedRow:
-    id: int
-    job_type: str
-    payload: str  # JSON text, decoded on the handler's thread
-    attempts: int
-    max_attempts: int
-    token: str
-    secrets: str | None = None  # encrypted; decrypted on the handler thread only
-    batch_id: str | None = None
-
-
-@dataclasses.dataclass
-class Watcher:
-    wait: t.Callable[[float], bool]
-    close: t.Callable[[], None]
-
-
-@dataclasses.dataclass(slots=True)
-class Finish:
-    """The outcome of one attempt, to be written if the lease still holds."""
-
-    id: int
-    token: str
-    status: str  # succeeded, retrying or dead
-    result: str | None = None  # JSON text
-    error: str | None = None
-    run_at: dt.datetime | None = None  # next attempt, for retrying
-    # for signals and metrics; not written
-    job_type: str = ""
-    attempt: int = 0
-    duration: float | None = None
-    value: t.Any = None
-    batch_id: str | None = None
-
-
-class Statement(t.NamedTuple):
-    """A named statement as one driver takes it."""
-
-    sql: str
-    #: the parameters' names in order, for a positional paramstyle (else None)
-    positions: tuple[str, ...] | None
-
-    def params(self, values: t.Mapping[str, t.Any]) -> t.Any:
-        """``values`` (by name) as the driver takes them with :attr:`sql`."""
-        if self.positions is None:
-            return values
-        return tuple([values[name] for name in self.positions])
 
 
 def is_broken(driver_conn: t.Any) -> bool:

@@ -12,7 +12,8 @@ import typing as t
 
 import sqlalchemy as sa
 
-from .base import CLAIM_ORDER, SWEEP_BATCH, ClaimedRow, Finish, Store, Watcher
+from .base import CLAIM_ORDER, SWEEP_BATCH, Store
+from .records import ClaimedRow, Finish, Watcher
 
 
 def int_array(values: t.Iterable[int]) -> str:

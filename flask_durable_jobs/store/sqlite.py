@@ -17,7 +17,8 @@ import typing as t
 import sqlalchemy as sa
 
 from ..models import UTC
-from .base import CLAIM_ORDER, SWEEP_BATCH, ClaimedRow, Finish, Store, Watcher
+from .base import CLAIM_ORDER, SWEEP_BATCH, Store
+from .records import ClaimedRow, Finish, Watcher
 
 log = logging.getLogger("flask_durable_jobs")
 
