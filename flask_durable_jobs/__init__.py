@@ -11,7 +11,7 @@ from .errors import (
     JobTimeout,
 )
 from .extension import DurableJobs
-from .models import STATUSES, Job
+from .models import STATUSES, Job, Status
 from .vault import SecretsUnavailable, job_secrets
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "JobNotFound",
     "JobTimeout",
     "SecretsUnavailable",
+    "Status",
     "__version__",
     "job_secrets",
 ]

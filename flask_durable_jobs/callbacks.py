@@ -46,6 +46,7 @@ from datetime import timedelta
 
 from . import masking
 from .errors import ConfigError
+from .models import CallbackStatus
 
 if t.TYPE_CHECKING:
     from .config import Settings
@@ -242,7 +243,7 @@ def _deliver(state: State, job: Job, claimed_until: t.Any) -> bool:
     attempt = job.callback_attempts + 1
     url = job.callback_url or ""
 
-    def record(status: str, error: str | None, next_at: t.Any = None) -> None:
+    def record(status: CallbackStatus, error: str | None, next_at: t.Any = None) -> None:
         written = state.store.record_callback(
             job.id, claimed_until, status=status, attempts=attempt, error=error,
             next_at=next_at,
@@ -252,16 +253,16 @@ def _deliver(state: State, job: Job, claimed_until: t.Any) -> bool:
 
     def retry(error: str) -> None:
         if attempt >= MAX_ATTEMPTS:
-            record("failed", f"{error} (gave up after {attempt} attempts)")
+            record(CallbackStatus.FAILED, f"{error} (gave up after {attempt} attempts)")
         else:
-            record("pending", error,
+            record(CallbackStatus.PENDING, error,
                    state.now() + timedelta(seconds=_retry_delay(attempt)))
 
     try:
         address = resolve_target(url, settings)
     except Refused as exc:
         log.warning("job %s: callback refused: %s", job.id, exc)
-        record("failed", f"refused: {exc}")
+        record(CallbackStatus.FAILED, f"refused: {exc}")
         return False
     except OSError as exc:  # a failed lookup may be temporary
         retry(str(exc)[:1000])
@@ -275,7 +276,7 @@ def _deliver(state: State, job: Job, claimed_until: t.Any) -> bool:
     except Exception as exc:  # the same job would fail the same way every time
         log.warning("job %s: callback body could not be built", job.id, exc_info=True)
         why = f"the callback body could not be built: {type(exc).__name__}: {exc}"
-        record("failed", why[:1000])
+        record(CallbackStatus.FAILED, why[:1000])
         return False
     timestamp = str(int(time.time()))
     headers = {
@@ -290,10 +291,10 @@ def _deliver(state: State, job: Job, claimed_until: t.Any) -> bool:
         retry(f"{type(exc).__name__}: {exc}"[:1000])
         return False
     if 200 <= status < 300:
-        record("delivered", None)
+        record(CallbackStatus.DELIVERED, None)
         return True
     if status >= 500 or status == 429:
         retry(f"HTTP {status}")
     else:
-        record("failed", f"HTTP {status} (not retried)")
+        record(CallbackStatus.FAILED, f"HTTP {status} (not retried)")
     return False

@@ -351,12 +351,8 @@ def enqueue(
     session: t.Any = state.db.session
     if commit and _idle(session):
         # Committing the session would commit the job alone: insert it in
-        # a transaction of its own, without the session's machinery. On
-        # PostgreSQL that is one autocommitted statement on the library's
-        # connections; on SQLite a short one on the app's own engine, with
-        # the app's durability settings.
-        engine = None if state.store.autocommits else state.app_engine
-        job, created = state.store.insert_now(values, engine)
+        # a transaction of its own, without the session's machinery.
+        job, created = state.store.insert_now(values, state.app_engine)
         commit = False  # nothing left to commit; signal and wake below
         session = None
     else:
@@ -477,10 +473,8 @@ def enqueue_batch(
         by_type.setdefault(job_type, []).append((index, text))
     session = state.db.session
     now = state.now()
-    session.execute(state.batches.insert().values(
-        id=batch_id, on_complete=on_complete, on_complete_payload=on_complete_payload,
-        created_at=now,
-    ))
+    state.store.insert_batch(session, batch_id, on_complete=on_complete,
+                             on_complete_payload=on_complete_payload, now=now)
     ids: list[int] = [0] * len(pairs)
     enqueued: dict[str, list[int]] = {}
     for job_type, items in by_type.items():

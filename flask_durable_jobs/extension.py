@@ -178,10 +178,8 @@ class State:
             if runner is not None:
                 runner.close()
             store, self._store = self._store, None
-        if store is not None:
-            store.close_connections()
-            if store.engine is not self.app_engine:
-                store.engine.dispose()
+        if store is not None and store.engine is not self.app_engine:
+            store.engine.dispose()
 
     def after_fork(self) -> None:
         """In a forked child: drop the parent's threads and connections."""
@@ -190,7 +188,6 @@ class State:
         self._runner = None
         if self._store is not None:
             self._store.engine.dispose(close=False)
-            self._store.close_connections(close=False)
             self._store = None
         if self.start_policy == AFTER_FORK:
             self.start_policy = NOW

@@ -2,47 +2,102 @@
 
 The table is defined with SQLAlchemy Core on the app's ``db.metadata``, so
 ``db.create_all()`` creates it and Alembic autogenerate sees it. The queue's
-hot path (claim, finish, heartbeat) uses plain SQL in :mod:`.store`; nothing
-per row goes through the ORM.
+statements live in :mod:`.sql` (one file per database) and run in
+:mod:`.store`; nothing per row goes through the ORM. Statuses are
+:class:`Status` members, which are the strings stored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import typing as t
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from . import sql
+
 TABLE_NAME = "durable_jobs"
 
-PENDING = "pending"
-RUNNING = "running"
-RETRYING = "retrying"
-SUCCEEDED = "succeeded"
-DEAD = "dead"
-CANCELLED = "cancelled"
+
+class Status(str, enum.Enum):
+    """A job's status. A member is the very string stored in the ``status``
+    column, so it compares equal to it and goes to either driver as text."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The members by their old names; typed as the strings they are, to be
+# compared with and used as keys beside statuses read from the database.
+PENDING: str = Status.PENDING
+RUNNING: str = Status.RUNNING
+RETRYING: str = Status.RETRYING
+SUCCEEDED: str = Status.SUCCEEDED
+DEAD: str = Status.DEAD
+CANCELLED: str = Status.CANCELLED
 
 #: Every status, in lifecycle order.
-STATUSES: tuple[str, ...] = (PENDING, RUNNING, RETRYING, SUCCEEDED, DEAD, CANCELLED)
+STATUSES: tuple[str, ...] = tuple(Status)
 #: Statuses whose jobs wait to be claimed.
 WAITING: tuple[str, ...] = (PENDING, RETRYING)
 #: Statuses a job never leaves on its own.
 TERMINAL: tuple[str, ...] = (SUCCEEDED, DEAD, CANCELLED)
+
+
+class CallbackStatus(str, enum.Enum):
+    """Where a job's completion callback stands (``callback_status``; none
+    without a ``callback_url``)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def sql_literal(value: str) -> str:
+    """A status as an SQL string literal (the library's own words: no quote
+    inside to escape)."""
+    return f"'{value}'"
+
 
 # The conditions of the partial indexes, as SQL. Queries meant to read an
 # index repeat its condition word for word: SQLite (and PostgreSQL once it
 # plans a prepared statement generically) matches a query to a partial index
 # only on literal values, never on bound parameters.
 #: Jobs waiting to be claimed (the claim's index).
-WAITING_SQL = "status IN ('pending', 'retrying')"
+WAITING_SQL = f"status IN ({', '.join(map(sql_literal, WAITING))})"
 #: Jobs running under a lease.
-RUNNING_SQL = "status = 'running'"
+RUNNING_SQL = f"status = {sql_literal(RUNNING)}"
 #: Jobs that ended. Not an ``IN`` list: for a list of three or more values,
 #: SQLite builds a temporary table each time a statement that writes a row
-#: tests the condition, which was two fifths of the cost of an ``INSERT``.
-ENDED_SQL = "(status = 'succeeded' OR status = 'dead' OR status = 'cancelled')"
+#: tests the condition.
+ENDED_SQL = "(" + " OR ".join(f"status = {sql_literal(s)}" for s in TERMINAL) + ")"
+#: Jobs whose completion callback waits to be sent.
+CALLBACK_DUE_SQL = f"callback_status = {sql_literal(CallbackStatus.PENDING)}"
+
+#: What the ``{NAME}`` placeholders of the SQL files (:mod:`flask_durable_jobs.sql`)
+#: stand for: each status as a literal (``{RUNNING}`` is ``'running'``,
+#: ``{CALLBACK_PENDING}`` a callback's), and the index conditions above.
+SQL_NAMES: dict[str, str] = {
+    **{status.name: sql_literal(status) for status in Status},
+    **{f"CALLBACK_{status.name}": sql_literal(status) for status in CallbackStatus},
+    "WAITING_SQL": WAITING_SQL,
+    "RUNNING_SQL": RUNNING_SQL,
+    "ENDED_SQL": ENDED_SQL,
+    "CALLBACK_DUE_SQL": CALLBACK_DUE_SQL,
+}
 
 UTC = dt.timezone.utc
 
@@ -78,41 +133,24 @@ def _id_type() -> sa.types.TypeEngine[int]:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-#: The channel new jobs are announced on (PostgreSQL); a wake-up, not a
-#: guarantee: polling remains the correctness path (PgBouncer in transaction
-#: mode drops LISTEN).
-NOTIFY_CHANNEL = "durable_jobs"
-
-#: One NOTIFY per INSERT statement (not per row); PostgreSQL folds identical
-#: notifications of one transaction into one.
-NOTIFY_DDL = (
-    "CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger"
-    " LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('durable_jobs', '');"
-    " RETURN NULL; END $$",
-    "CREATE TRIGGER durable_jobs_notify AFTER INSERT ON durable_jobs"
-    " FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()",
-)
-
-
 def define_table(metadata: sa.MetaData) -> sa.Table:
-    """Return the job table on ``metadata``, defining it the first time."""
+    """Return the job table on ``metadata``, defining it the first time.
+
+    The statements a database needs beside the table (PostgreSQL's insert
+    trigger, which announces new jobs to waiting processes) come from its SQL
+    file (:mod:`flask_durable_jobs.sql`) and run with the table's own
+    ``CREATE`` and ``DROP``, so ``db.create_all()`` makes them too.
+    """
     existing = metadata.tables.get(TABLE_NAME)
     if existing is not None:
         return existing
     table = _define_table(metadata)
-    for statement in NOTIFY_DDL:
-        sa.event.listen(
-            table,
-            "after_create",
-            sa.DDL(statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
-        )
-    sa.event.listen(
-        table,
-        "before_drop",
-        sa.DDL(  # type: ignore[no-untyped-call]
-            "DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE"
-        ).execute_if(dialect="postgresql"),
-    )
+    for dialect in sql.DIALECTS:
+        for name, statement in sql.load(dialect).items():
+            event, _, _ = name.partition(".")
+            if event in ("after_create", "before_drop"):
+                ddl = sa.DDL(statement).execute_if(dialect=dialect)  # type: ignore[no-untyped-call]
+                sa.event.listen(table, event, ddl)
     return table
 
 
@@ -123,7 +161,7 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
     ended = sa.text(ENDED_SQL)
     keyed = sa.text("idempotency_key IS NOT NULL")
     in_batch = sa.text("batch_id IS NOT NULL")
-    callback_due = sa.text("callback_status = 'pending'")
+    callback_due = sa.text(CALLBACK_DUE_SQL)
     return sa.Table(
         TABLE_NAME,
         metadata,

@@ -111,6 +111,9 @@ def test_wheel_ships_the_migrations(wheel: Path) -> None:
         n.startswith("flask_durable_jobs/migrations/versions/") and n.endswith(".py") for n in names
     ), names
     assert "flask_durable_jobs/py.typed" in names
+    assert {"flask_durable_jobs/sql/postgresql.sql", "flask_durable_jobs/sql/sqlite.sql"} <= set(
+        names
+    ), names
     assert not any(n.startswith(("tests/", "example_app/", "docs/")) for n in names), names
 
 

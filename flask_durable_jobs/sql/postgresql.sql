@@ -1,0 +1,169 @@
+-- The queue's SQL on PostgreSQL (flask_durable_jobs.store.postgresql).
+--
+-- Binds are :name; {NAME} is a status as a literal ({RUNNING} is 'running')
+-- or a partial index's condition ({WAITING_SQL}), from
+-- flask_durable_jobs.models. The library's own connections autocommit: each
+-- statement here is a transaction of its own, one round trip.
+--
+-- Every write to a running job carries the claim's lease token in its WHERE
+-- clause: a worker that lost its lease updates zero rows, so its late result
+-- can never overwrite newer state. The token alone is the fence: a claim sets
+-- a new one, and every write that ends the run (finish, sweep, release)
+-- clears it. (A status = 'running' test would add nothing, and would let the
+-- planner write through the partial index of running jobs, which holds an
+-- entry for every job that ran since the last VACUUM.)
+--
+-- Lists go in as array literals in one text parameter each (the store's
+-- int_array / text_array), cast here: the driver would adapt a list element
+-- by element.
+
+
+-- name: insert_jobs
+-- New jobs that differ only in payload (JSON texts, in :payloads); the ids
+-- come back from one sequence in payload order. Every enqueue takes this
+-- statement: one job or many, in the caller's transaction or alone. With an
+-- idempotency key already taken it inserts nothing and returns no row.
+INSERT INTO durable_jobs (
+    job_type, queue, status, priority, max_attempts, attempts, orphan_policy,
+    callback_attempts, run_at, created_at, updated_at, batch_id, idempotency_key,
+    owner, secrets, callback_url, payload
+)
+SELECT :job_type, :queue, :status, CAST(:priority AS INTEGER),
+       CAST(:max_attempts AS INTEGER), CAST(:attempts AS INTEGER), :orphan_policy,
+       CAST(:callback_attempts AS INTEGER), :run_at, :created_at, :updated_at,
+       :batch_id, :idempotency_key, :owner, :secrets, :callback_url,
+       CAST(p.payload AS JSONB)
+FROM unnest(CAST(:payloads AS TEXT[])) WITH ORDINALITY AS p(payload, ord)
+ORDER BY p.ord
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+
+
+-- name: claim
+-- Up to :limit due jobs of the given types, running from now under a new
+-- lease token. The inner SELECT repeats the due index's condition so that it
+-- reads that index in claim order; SKIP LOCKED passes over rows another
+-- claim holds. ARRAY(...) makes the ids a one-off list the UPDATE looks up by
+-- primary key (a join with the subquery can plan a scan of the table).
+-- Without :with_secrets, jobs carrying secrets wait for a process that has a
+-- key. The payload goes out as text: the handler's thread decodes it.
+UPDATE durable_jobs AS j
+SET status = {RUNNING}, attempts = j.attempts + 1, lease_token = :token,
+    lease_expires_at = :lease, worker_id = :worker, started_at = :now, updated_at = :now
+WHERE j.id = ANY(ARRAY(
+    SELECT id FROM durable_jobs
+    WHERE {WAITING_SQL} AND run_at <= :now
+      AND job_type = ANY(CAST(:types AS TEXT[]))
+      AND (CAST(:queues AS TEXT[]) IS NULL OR queue = ANY(CAST(:queues AS TEXT[])))
+      AND (:with_secrets OR secrets IS NULL)
+    ORDER BY priority, run_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING j.id, j.job_type, j.payload::text, j.attempts, j.max_attempts,
+          j.secrets, j.batch_id,
+          -- the sort key only: an integer loads far faster than a timestamptz
+          j.priority, (extract(epoch FROM j.run_at) * 1000000)::bigint
+
+
+-- name: finish
+-- The outcomes of a batch of attempts, written where the lease still holds;
+-- returns the ids written. A job that ended (not retrying) drops its secrets
+-- and, with a callback URL, has its callback due now.
+UPDATE durable_jobs AS j
+SET status = v.status, result = v.result::jsonb, last_error = v.error,
+    run_at = COALESCE(v.run_at, j.run_at),
+    finished_at = CASE WHEN v.status = {RETRYING} THEN NULL ELSE :now END,
+    updated_at = :now, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+    secrets = CASE WHEN v.status = {RETRYING} THEN j.secrets END,
+    callback_status = CASE WHEN v.status <> {RETRYING} AND j.callback_url IS NOT NULL
+        THEN {CALLBACK_PENDING} ELSE j.callback_status END,
+    callback_next_at = CASE WHEN v.status <> {RETRYING} AND j.callback_url IS NOT NULL
+        THEN :now ELSE j.callback_next_at END
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[]), CAST(:statuses AS TEXT[]),
+            CAST(:results AS TEXT[]), CAST(:errors AS TEXT[]),
+            CAST(:run_ats AS TIMESTAMPTZ[]))
+     AS v(id, token, status, result, error, run_at)
+WHERE j.id = v.id AND j.lease_token = v.token
+RETURNING j.id
+
+
+-- name: renew
+-- Extend the leases still held; returns their ids.
+UPDATE durable_jobs AS j SET lease_expires_at = :lease
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[])) AS v(id, token)
+WHERE j.id = v.id AND j.lease_token = v.token
+RETURNING j.id
+
+
+-- name: release
+-- Give claimed jobs back, due at once, the attempt not counted.
+UPDATE durable_jobs AS j
+SET status = CASE WHEN j.attempts > 1 THEN {RETRYING} ELSE {PENDING} END,
+    attempts = j.attempts - 1, run_at = :now, updated_at = :now, started_at = NULL,
+    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[])) AS v(id, token)
+WHERE j.id = v.id AND j.lease_token = v.token
+RETURNING j.id
+
+
+-- name: sweep
+-- Up to :limit running jobs whose lease expired (the process died, was killed
+-- or froze): a failed attempt, due again at once without backoff, or dead
+-- when no attempt is left or the handler asked for it (orphan_policy 'dead',
+-- a policy, not a status).
+UPDATE durable_jobs
+SET status = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN {DEAD} ELSE {RETRYING} END,
+    finished_at = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN :now ELSE NULL END,
+    run_at = :now,
+    updated_at = :now,
+    last_error = 'lease expired: worker ' || COALESCE(worker_id, '?')
+        || ' stopped renewing it (the process died, was killed or froze)',
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    worker_id = NULL,
+    secrets = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN NULL ELSE secrets END,
+    callback_status = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        AND callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE callback_status END,
+    callback_next_at = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        AND callback_url IS NOT NULL THEN :now ELSE callback_next_at END
+WHERE id = ANY(ARRAY(
+    SELECT id FROM durable_jobs
+    WHERE {RUNNING_SQL} AND lease_expires_at < :now
+    ORDER BY id LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING id, job_type, status, batch_id
+
+
+-- name: start_schedule
+-- A recurring schedule seen for the first time; another process may have
+-- recorded it already.
+INSERT INTO durable_jobs_periodic (key, cron, timezone, last_fire_at, updated_at)
+VALUES (:key, :cron, :timezone, :last_fire_at, :updated_at)
+ON CONFLICT (key) DO NOTHING
+
+
+-- name: listen
+-- Wake-ups (the insert trigger's NOTIFY). A shortcut only: polling stays the
+-- correctness path, and PgBouncer in transaction mode drops LISTEN.
+LISTEN durable_jobs
+
+
+-- name: after_create.notify_function
+-- One NOTIFY per inserting statement (not per row); PostgreSQL folds
+-- identical notifications of one transaction into one.
+CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('durable_jobs', ''); RETURN NULL; END $$
+
+
+-- name: after_create.notify_trigger
+CREATE TRIGGER durable_jobs_notify AFTER INSERT ON durable_jobs
+FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()
+
+
+-- name: before_drop.notify_function
+DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE

@@ -1,0 +1,135 @@
+-- The queue's SQL on SQLite (flask_durable_jobs.store.sqlite).
+--
+-- Binds are :name; {NAME} is a status as a literal ({RUNNING} is 'running')
+-- or a partial index's condition ({WAITING_SQL}), from
+-- flask_durable_jobs.models. Timestamps are bound as the text SQLAlchemy
+-- stores for a DATETIME ("2030-01-02 03:04:05.000006", UTC), which sorts in
+-- time order.
+--
+-- SQLite has one writer: the library's writes run in BEGIN IMMEDIATE
+-- transactions, which take the write lock at the start and wait for it
+-- through the busy timeout, so "database is locked" never surfaces. A row's
+-- writes are one statement per row (no arrays), all in one transaction.
+--
+-- Every write to a running job carries the claim's lease token in its WHERE
+-- clause: a worker that lost its lease updates zero rows, so its late result
+-- can never overwrite newer state. The token alone is the fence: a claim sets
+-- a new one, and every write that ends the run (finish, sweep, release)
+-- clears it.
+
+
+-- name: insert_jobs
+-- New jobs that differ only in payload (a JSON array of the payloads, in
+-- :payloads); the ids come back in payload order. Every enqueue takes this
+-- statement: one job or many, in the caller's transaction or alone. With an
+-- idempotency key already taken it inserts nothing and returns no row.
+-- (WHERE true: without it SQLite could read ON CONFLICT as a join's ON.)
+INSERT INTO durable_jobs (
+    job_type, queue, status, priority, max_attempts, attempts, orphan_policy,
+    callback_attempts, run_at, created_at, updated_at, batch_id, idempotency_key,
+    owner, secrets, callback_url, payload
+)
+SELECT :job_type, :queue, :status, :priority, :max_attempts, :attempts, :orphan_policy,
+       :callback_attempts, :run_at, :created_at, :updated_at, :batch_id,
+       :idempotency_key, :owner, :secrets, :callback_url, value
+FROM json_each(:payloads)
+WHERE true
+ORDER BY key
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+
+
+-- name: claim
+-- Up to :limit due jobs of the given types (JSON arrays in :types and
+-- :queues; no :queues, every queue), running from now under a new lease
+-- token. INDEXED BY and the repeated condition make the claim read the due
+-- index in claim order. Without :with_secrets, jobs carrying secrets wait
+-- for a process that has a key.
+UPDATE durable_jobs
+SET status = {RUNNING}, attempts = attempts + 1, lease_token = :token,
+    lease_expires_at = :lease, worker_id = :worker, started_at = :now, updated_at = :now
+WHERE id IN (
+    SELECT id FROM durable_jobs INDEXED BY ix_durable_jobs_due
+    WHERE {WAITING_SQL} AND run_at <= :now
+      AND job_type IN (SELECT value FROM json_each(:types))
+      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+      AND (:with_secrets OR secrets IS NULL)
+    ORDER BY priority, run_at, id
+    LIMIT :limit
+)
+RETURNING id, job_type, payload, attempts, max_attempts, secrets, batch_id,
+          priority, run_at
+
+
+-- name: finish
+-- One attempt's outcome, written if the lease still holds; returns the id
+-- written. A job that ended (not retrying) drops its secrets and, with a
+-- callback URL, has its callback due now.
+UPDATE durable_jobs
+SET status = :status, result = :result, last_error = :error,
+    run_at = COALESCE(:run_at, run_at),
+    finished_at = CASE WHEN :status = {RETRYING} THEN NULL ELSE :now END,
+    updated_at = :now, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+    secrets = CASE WHEN :status = {RETRYING} THEN secrets END,
+    callback_status = CASE WHEN :status <> {RETRYING} AND callback_url IS NOT NULL
+        THEN {CALLBACK_PENDING} ELSE callback_status END,
+    callback_next_at = CASE WHEN :status <> {RETRYING} AND callback_url IS NOT NULL
+        THEN :now ELSE callback_next_at END
+WHERE id = :id AND lease_token = :token
+RETURNING id
+
+
+-- name: renew
+-- Extend one lease if still held.
+UPDATE durable_jobs SET lease_expires_at = :lease
+WHERE id = :id AND lease_token = :token
+RETURNING id
+
+
+-- name: release
+-- Give one claimed job back, due at once, the attempt not counted.
+UPDATE durable_jobs
+SET status = CASE WHEN attempts > 1 THEN {RETRYING} ELSE {PENDING} END,
+    attempts = attempts - 1, run_at = :now, updated_at = :now, started_at = NULL,
+    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+WHERE id = :id AND lease_token = :token
+RETURNING id
+
+
+-- name: sweep
+-- Up to :limit running jobs whose lease expired (the process died, was killed
+-- or froze): a failed attempt, due again at once without backoff, or dead
+-- when no attempt is left or the handler asked for it (orphan_policy 'dead',
+-- a policy, not a status).
+UPDATE durable_jobs
+SET status = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN {DEAD} ELSE {RETRYING} END,
+    finished_at = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN :now ELSE NULL END,
+    run_at = :now,
+    updated_at = :now,
+    last_error = 'lease expired: worker ' || COALESCE(worker_id, '?')
+        || ' stopped renewing it (the process died, was killed or froze)',
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    worker_id = NULL,
+    secrets = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
+        THEN NULL ELSE secrets END,
+    callback_status = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        AND callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE callback_status END,
+    callback_next_at = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        AND callback_url IS NOT NULL THEN :now ELSE callback_next_at END
+WHERE id IN (
+    SELECT id FROM durable_jobs
+    WHERE {RUNNING_SQL} AND lease_expires_at < :now
+    ORDER BY id LIMIT :limit
+)
+RETURNING id, job_type, status, batch_id
+
+
+-- name: start_schedule
+-- A recurring schedule seen for the first time; another process may have
+-- recorded it already.
+INSERT INTO durable_jobs_periodic (key, cron, timezone, last_fire_at, updated_at)
+VALUES (:key, :cron, :timezone, :last_fire_at, :updated_at)
+ON CONFLICT (key) DO NOTHING

@@ -1,0 +1,154 @@
+"""The store on PostgreSQL: the statements of ``sql/postgresql.sql``, on psycopg 3.
+
+Claims take many jobs per statement with ``FOR UPDATE SKIP LOCKED``;
+outcomes, renewals and releases go in as arrays, one statement per batch. The
+library's own engine autocommits: each statement is a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+
+import sqlalchemy as sa
+
+from .base import CLAIM_ORDER, SWEEP_BATCH, Store
+from .records import ClaimedRow, Finish, Watcher
+
+
+def int_array(values: t.Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers (cast in the statement)."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+def word_array(values: t.Iterable[str]) -> str:
+    """A PostgreSQL array literal of the library's own words: lease tokens
+    (hex) and statuses, which need no quotes (cast in the statement)."""
+    return "{" + ",".join(values) + "}"
+
+
+def text_array(values: t.Iterable[str | None]) -> str:
+    """A PostgreSQL array literal of texts and NULLs (cast in the statement).
+
+    The driver adapts a list element by element in Python; a hundred-element
+    batch would spend more time there than the server spends on the statement.
+    """
+    return "{" + ",".join(
+        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for v in values
+    ) + "}"
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+    concurrent_writes = True
+
+    @classmethod
+    def build_engine(
+        cls, app_engine: sa.Engine, pool_size: int, connect_args: dict[str, t.Any] | None
+    ) -> sa.Engine:
+        # Every statement the library sends is complete on its own (claim,
+        # finish, heartbeat, transitions), so it runs in autocommit: one round
+        # trip, no BEGIN/COMMIT. Broken connections are dropped on error
+        # (see Store._raw) instead of pinging before every use.
+        return sa.create_engine(
+            app_engine.url.set(drivername="postgresql+psycopg"),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            isolation_level="AUTOCOMMIT",
+            connect_args=dict(connect_args or {}),
+        )
+
+    def standalone_engine(self, app_engine: sa.Engine) -> sa.Engine:
+        # The library's own: its single statements commit as durably as the
+        # app's, one round trip instead of BEGIN, INSERT, COMMIT.
+        return self.engine
+
+    def _begin_transaction(self, conn: sa.Connection) -> sa.Connection:
+        # The engine autocommits single statements; this is all-or-nothing.
+        return conn.execution_options(isolation_level="READ COMMITTED")
+
+    def payload_list(self, payloads: t.Sequence[str]) -> str:
+        return text_array(payloads)
+
+    def watch(self) -> Watcher:
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        conn = psycopg.connect(conninfo, autocommit=True)
+        conn.execute(self.queries["listen"])
+
+        def wait(timeout: float) -> bool:
+            return any(True for _ in conn.notifies(timeout=timeout, stop_after=1))
+
+        return Watcher(wait, conn.close)
+
+    def claim(
+        self,
+        *,
+        job_types: t.Sequence[str],
+        queues: t.Sequence[str] | None,
+        limit: int,
+        now: dt.datetime,
+        lease_until: dt.datetime,
+        token: str,
+        worker_id: str,
+        with_secrets: bool = True,
+    ) -> list[ClaimedRow]:
+        params = {
+            "now": now, "types": text_array(job_types),
+            "queues": None if queues is None else text_array(queues),
+            "with_secrets": with_secrets, "limit": limit, "token": token,
+            "lease": lease_until, "worker": worker_id,
+        }
+        with self._raw() as cur:
+            cur.execute(*self._driver("claim", params))
+            rows = cur.fetchall()
+        rows.sort(key=CLAIM_ORDER)
+        # payload as text, decoded by the handler's thread: the claiming
+        # thread is the one every job of the batch waits for
+        return [ClaimedRow(r[0], r[1], r[2], r[3], r[4], token, r[5], r[6]) for r in rows]
+
+    def finish(self, outcomes: t.Sequence[Finish], now: dt.datetime) -> set[int]:
+        if not outcomes:
+            return set()
+        params = {
+            "now": now,
+            "ids": int_array([o.id for o in outcomes]),
+            "tokens": word_array([o.token for o in outcomes]),
+            "statuses": word_array([o.status for o in outcomes]),
+            "results": text_array([o.result for o in outcomes]),
+            "errors": text_array([o.error for o in outcomes]),
+            "run_ats": text_array([
+                None if o.run_at is None else o.run_at.isoformat() for o in outcomes
+            ]),
+        }
+        with self._raw() as cur:
+            cur.execute(*self._driver("finish", params))
+            return {row[0] for row in cur.fetchall()}
+
+    def _pairs(self, name: str, held: t.Sequence[tuple[int, str]],
+               params: dict[str, t.Any]) -> set[int]:
+        """Run a statement over (id, lease token) pairs; returns the ids it wrote."""
+        params = {**params, "ids": int_array([h[0] for h in held]),
+                  "tokens": word_array([h[1] for h in held])}
+        with self._raw() as cur:
+            cur.execute(*self._driver(name, params))
+            return {row[0] for row in cur.fetchall()}
+
+    def renew(self, held: t.Sequence[tuple[int, str]], lease_until: dt.datetime) -> set[int]:
+        if not held:
+            return set()
+        return self._pairs("renew", held, {"lease": lease_until})
+
+    def release(self, held: t.Sequence[tuple[int, str]], now: dt.datetime) -> int:
+        if not held:
+            return 0
+        return len(self._pairs("release", held, {"now": now}))
+
+    def sweep(self, now: dt.datetime) -> list[tuple[t.Any, ...]]:
+        with self._raw() as cur:
+            cur.execute(*self._driver("sweep", {"now": now, "limit": SWEEP_BATCH}))
+            return [tuple(row) for row in cur.fetchall()]

@@ -1,0 +1,58 @@
+"""The values that cross the store's interface: claimed rows, outcomes,
+watchers, and a named statement as one driver takes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import typing as t
+
+
+@dataclasses.dataclass(slots=True)
+class ClaimedRow:
+    id: int
+    job_type: str
+    payload: str  # JSON text, decoded on the handler's thread
+    attempts: int
+    max_attempts: int
+    token: str
+    secrets: str | None = None  # encrypted; decrypted on the handler thread only
+    batch_id: str | None = None
+
+
+@dataclasses.dataclass
+class Watcher:
+    wait: t.Callable[[float], bool]
+    close: t.Callable[[], None]
+
+
+@dataclasses.dataclass(slots=True)
+class Finish:
+    """The outcome of one attempt, to be written if the lease still holds."""
+
+    id: int
+    token: str
+    status: str  # succeeded, retrying or dead
+    result: str | None = None  # JSON text
+    error: str | None = None
+    run_at: dt.datetime | None = None  # next attempt, for retrying
+    # for signals and metrics; not written
+    job_type: str = ""
+    attempt: int = 0
+    duration: float | None = None
+    value: t.Any = None
+    batch_id: str | None = None
+
+
+class Statement(t.NamedTuple):
+    """A named statement as one driver takes it."""
+
+    sql: str
+    #: the parameters' names in order, for a positional paramstyle (else None)
+    positions: tuple[str, ...] | None
+
+    def params(self, values: t.Mapping[str, t.Any]) -> t.Any:
+        """``values`` (by name) as the driver takes them with :attr:`sql`."""
+        if self.positions is None:
+            return values
+        return tuple([values[name] for name in self.positions])
