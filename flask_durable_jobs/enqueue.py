@@ -197,9 +197,10 @@ _hook_lock = threading.Lock()
 def _on_commit(session: t.Any, callback: t.Callable[[], None]) -> None:
     """Run ``callback`` when the session's transaction commits; drop it on rollback.
 
-    The listeners go on the session's class, once: a session lives for one
-    request, and adding listeners to each one costs more than the enqueue's
-    own statement. A session with nothing pending pays one dict lookup.
+    The listeners go on the session's class, once, not on each session: a
+    session lives for one request, and listeners added per session would be
+    set up and torn down on every request that enqueues. A session with
+    nothing pending only looks in its ``info``.
     """
     cls = type(session)
     if cls not in _hooked:

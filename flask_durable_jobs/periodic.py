@@ -18,16 +18,17 @@ Either form works before or after ``init_app``. Called with a job type,
 ``jobs.periodic`` returns the :class:`Schedule`; as a decorator it returns the
 function unchanged.
 
-* ``schedule``: five crontab fields (minute hour day month weekday), read by
-  APScheduler's ``CronTrigger.from_crontab``; or six fields with the seconds
-  first (``"*/10 * * * * *"``: every ten seconds). Weekday numbers mean what
-  they mean in crontab (0 and 7 are Sunday), not what they mean in APScheduler
-  3 (0 is Monday); names (``mon-fri``) mean the same in both. An expression
-  that restricts both the day of month and the weekday (neither field starts
-  with ``*``) is refused, because cron runs when either one matches and
-  APScheduler only when both do: register two schedules instead. An
-  expression that is not valid, or never fires, raises ``ValueError`` naming
-  it.
+* ``schedule``: five crontab fields (minute hour day month weekday), or six
+  fields with the seconds first (``"*/10 * * * * *"``: every ten seconds),
+  read by croniter (:mod:`.cron`). Each field takes numbers, ``*``, ranges,
+  steps and lists; months and weekdays also take names (``jan``, ``mon-fri``);
+  weekday numbers mean what they mean in crontab (0 and 7 are Sunday); the
+  day field takes ``last``, the month's last day. An expression that
+  restricts both the day of month and the weekday (neither field starts with
+  ``*``) is refused, because crontab implementations disagree on what it
+  means: register two schedules instead. An expression that is not valid
+  (also a range that wraps around, such as ``fri-mon``), or never fires,
+  raises ``ValueError`` naming it.
 * ``timezone``: the zone the expression is read in, a zoneinfo name such as
   ``"Europe/Paris"`` (or a ``ZoneInfo``); default ``"UTC"``.
 * ``key``: the schedule's name in the database, at most 200 characters. By
@@ -57,7 +58,7 @@ compare-and-set in the same transaction as the insert, so a fire time whose
 job has since been pruned is never enqueued again. The job's ``run_at`` is
 its fire time.
 
-Fire times come from APScheduler's cron trigger in the schedule's time zone.
+Fire times are read in the schedule's time zone (:mod:`.cron`).
 When clocks go forward, a wall time that does not exist that day runs once,
 at the instant it would have had in the old offset (02:30 in Paris on the
 spring change runs at 01:30 UTC). When clocks go back, a wall time that
@@ -87,18 +88,17 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import threading
 import typing as t
 import weakref
 import zoneinfo
 
 import sqlalchemy as sa
-from apscheduler.triggers.cron import CronTrigger
 
 from . import enqueue, signals
 from . import handlers as handlers_module
 from . import payload as payload_json
+from .cron import Cron
 from .models import UTC
 
 if t.TYPE_CHECKING:
@@ -115,8 +115,6 @@ MAX_LOOKBACK = dt.timedelta(days=20 * 366)
 MAX_KEY_LENGTH = 200
 
 _MICROSECOND = dt.timedelta(microseconds=1)
-_WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_WEEKDAY_TOKEN = re.compile(r"^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(\d+))?$")
 
 
 def define_table(metadata: sa.MetaData) -> sa.Table:
@@ -145,40 +143,19 @@ class Schedule:
     cron: str
     timezone: str
     payload: dict[str, t.Any]
-    queue: str | None = None
-    priority: int | None = None
-    trigger: t.Any = dataclasses.field(default=None, repr=False, compare=False)
-    #: Run a repeated wall time (clocks going back) in both passes.
-    both_passes: bool = dataclasses.field(default=False, repr=False)
+    queue: str | None
+    priority: int | None
+    #: The expression read in the zone.
+    times: Cron = dataclasses.field(repr=False, compare=False)
 
     def next_fire_after(self, when: dt.datetime) -> dt.datetime | None:
         """The first fire time strictly after ``when``."""
-        # Arithmetic in UTC: adding to a local time would lose the DST fold.
-        start = when.astimezone(UTC) + _MICROSECOND
-        while True:
-            fire = self.trigger.get_next_fire_time(None, start)
-            if fire is None:
-                return None
-            fire_utc = t.cast(dt.datetime, fire.astimezone(UTC))
-            if self.both_passes or not _second_pass(fire):
-                return fire_utc
-            start = fire_utc + _MICROSECOND
+        return self.times.next_after(when)
 
     def latest_fire(self, bound: dt.datetime, floor: dt.datetime) -> dt.datetime | None:
         """The latest fire time in ``(floor, bound]``, or ``None``."""
-        span = dt.timedelta(seconds=1)
-        while True:
-            start = max(bound - span, floor)
-            fire = self.next_fire_after(start)
-            if fire is not None and fire <= bound:
-                while True:
-                    following = self.next_fire_after(fire)
-                    if following is None or following > bound:
-                        return fire
-                    fire = following
-            if start == floor:
-                return None
-            span *= 2
+        fire = self.times.latest_until(bound)
+        return fire if fire is not None and fire > floor else None
 
     def due(self, last: dt.datetime, now: dt.datetime) -> list[dt.datetime]:
         """The fire times to enqueue now, the watermark being ``last`` (catch-up rule)."""
@@ -212,84 +189,14 @@ class Schedule:
         return f"periodic:{self.key}:{fire.astimezone(UTC).isoformat()}"
 
 
-def _second_pass(fire: dt.datetime) -> bool:
-    """Whether ``fire`` is the second occurrence of a wall time repeated by a DST change."""
-    return bool(fire.fold) and fire.replace(fold=0).utcoffset() != fire.utcoffset()
-
-
-def _weekdays(field: str, expr: str) -> str:
-    """A crontab weekday field (0 and 7 are Sunday) spelt as APScheduler names."""
-    text = field.lower()
-    if text == "*":
-        return "*"
-    days: set[int] = set()
-    for token in text.split(","):
-        match = _WEEKDAY_TOKEN.match(token)
-        if match is None:
-            raise ValueError(f"invalid cron expression {expr!r}: bad weekday {token!r}")
-        base, step_text = match.groups()
-        if base == "*":
-            first, last = 0, 6
-        else:
-            ends = [_weekday_number(part, expr) for part in base.split("-")]
-            first, last = ends[0], ends[-1]
-            if step_text is not None and len(ends) == 1:
-                last = 6  # "1/2" means from Monday, every other day
-        step = int(step_text) if step_text is not None else 1
-        if step < 1 or first > last:
-            raise ValueError(f"invalid cron expression {expr!r}: bad weekday {token!r}")
-        days.update(day % 7 for day in range(first, last + 1, step))
-    return ",".join(_WEEKDAY_NAMES[day] for day in sorted(days))
-
-
-def _weekday_number(part: str, expr: str) -> int:
-    if part.isdigit() and int(part) <= 7:
-        return int(part)
-    if part[:3] in _WEEKDAY_NAMES and len(part) == 3:
-        return _WEEKDAY_NAMES.index(part)
-    raise ValueError(f"invalid cron expression {expr!r}: bad weekday {part!r}")
-
-
-def _restricted(field: str) -> bool:
-    return not field.startswith("*")
-
-
-def parse(expr: t.Any, timezone: zoneinfo.ZoneInfo) -> tuple[str, t.Any, bool]:
-    """``(normalised expression, CronTrigger, run repeated hours twice)``; ValueError if bad."""
+def parse(expr: t.Any, timezone: zoneinfo.ZoneInfo) -> tuple[str, Cron]:
+    """``(normalised expression, its fire times in timezone)``; ValueError if bad."""
     if not isinstance(expr, str):
         raise TypeError(f"a schedule must be a cron expression string, got {expr!r}")
-    fields = expr.split()
-    normalised = " ".join(fields)
+    normalised = " ".join(expr.split())
     if len(normalised) > 200:
         raise ValueError(f"cron expression {expr!r} is longer than 200 characters")
-    if len(fields) not in (5, 6):
-        raise ValueError(
-            f"invalid cron expression {expr!r}: give 5 fields (minute hour day month weekday)"
-            f" or 6 with the seconds first, got {len(fields)}"
-        )
-    *rest, day, month, weekday = fields
-    if _restricted(day) and _restricted(weekday):
-        raise ValueError(
-            f"cron expression {expr!r} restricts both the day of month and the weekday;"
-            " cron runs when either matches but APScheduler only when both do:"
-            " register two schedules instead"
-        )
-    crontab_weekday = _weekdays(weekday, expr)
-    try:
-        if len(fields) == 5:
-            minute, hour = rest
-            trigger = CronTrigger.from_crontab(
-                f"{minute} {hour} {day} {month} {crontab_weekday}", timezone=timezone
-            )
-        else:
-            second, minute, hour = rest
-            trigger = CronTrigger(
-                second=second, minute=minute, hour=hour, day=day, month=month,
-                day_of_week=crontab_weekday, timezone=timezone,
-            )
-    except ValueError as exc:
-        raise ValueError(f"invalid cron expression {expr!r}: {exc}") from None
-    return normalised, trigger, hour.startswith("*")
+    return normalised, Cron(expr, timezone)
 
 
 def _zone(timezone: t.Any) -> zoneinfo.ZoneInfo:
@@ -326,7 +233,7 @@ def make_schedule(
             f" its schedule (registered: {known})"
         )
     zone = _zone(timezone)
-    cron, trigger, both_passes = parse(schedule, zone)
+    cron, times = parse(schedule, zone)
     if payload is None:
         payload = {}
     text = payload_json.dumps_payload(payload)
@@ -347,7 +254,7 @@ def make_schedule(
         )
     else:
         enqueue.check_text(key, "key")
-    spec = Schedule(key, job_type, cron, zone.key, payload, queue, priority, trigger, both_passes)
+    spec = Schedule(key, job_type, cron, zone.key, payload, queue, priority, times)
     if spec.next_fire_after(dt.datetime.now(UTC)) is None:
         raise ValueError(f"cron expression {schedule!r} never fires")
     return spec

@@ -12,6 +12,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs, signals
+from flask_durable_jobs.extension import get_state
 from flask_durable_jobs.testing import move_time, reset_time
 from tests.helpers import another_app
 
@@ -146,6 +147,51 @@ def test_move_time_brings_retries_due(app: Flask, jobs: DurableJobs) -> None:
     reset_time()
     assert abs(app.extensions["durable_jobs"].now() - dt.datetime.now(dt.timezone.utc)) < (
         dt.timedelta(seconds=5))
+
+
+def test_state_accessor_and_read_only_registries(app: Flask, jobs: DurableJobs) -> None:
+    state = get_state()
+    assert state is get_state(app) is app.extensions["durable_jobs"]
+    assert state.ext is jobs
+    with pytest.raises(RuntimeError, match=r"not initialised on this app: call jobs\.init_app"):
+        get_state(Flask("bare"))
+
+    def handle(payload: dict[str, t.Any]) -> None:
+        return None
+
+    jobs.handler("h")(handle)
+    jobs.periodic("0 3 * * *", "h", key="nightly")
+    assert jobs.handlers["h"].func is handle and list(jobs.schedules) == ["nightly"]
+    with pytest.raises(TypeError):
+        jobs.handlers["x"] = jobs.handlers["h"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del jobs.schedules["nightly"]  # type: ignore[attr-defined]
+    assert jobs.authorizer is None
+
+    @jobs.admin_authorizer
+    def allow() -> bool:
+        return True
+
+    assert jobs.authorizer is allow
+    assert state.runner_started is False  # nothing made the runner yet
+    jobs.drain()
+    assert state.runner_started is True
+
+
+def test_clock_offset(app: Flask, jobs: DurableJobs) -> None:
+    state = get_state()
+    assert state.clock_offset == dt.timedelta()
+    state.set_clock_offset(dt.timedelta(hours=2))
+    assert state.clock_offset == dt.timedelta(hours=2)
+    before = dt.datetime.now(dt.timezone.utc)
+    ahead = state.now() - before
+    assert dt.timedelta(hours=2) <= ahead < dt.timedelta(hours=2, seconds=5)
+    move_time(minutes=30)  # adds to the offset
+    assert state.clock_offset == dt.timedelta(hours=2, minutes=30)
+    reset_time()
+    assert state.clock_offset == dt.timedelta()
+    with pytest.raises(TypeError, match="offset must be a timedelta"):
+        state.set_clock_offset(60)  # type: ignore[arg-type]
 
 
 @pytest.mark.config(DURABLE_JOBS_EAGER=True)

@@ -10,12 +10,16 @@ import subprocess
 import sys
 import time
 import typing as t
+import zoneinfo
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from croniter import croniter
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flask_durable_jobs import DurableJobs
 from flask_durable_jobs.periodic import ON_TIME, Schedule, describe, tick
@@ -201,6 +205,124 @@ def test_fire_times_across_dst_changes(noop: DurableJobs) -> None:
     assert fires(seconds, at(2026, 1, 1), 3) == [
         at(2026, 1, 1, 0, 0, 20), at(2026, 1, 1, 0, 0, 40), at(2026, 1, 1, 0, 1),
     ]
+
+
+def test_crontab_syntax(noop: DurableJobs) -> None:
+    start = at(2026, 1, 1)  # a Thursday
+    cases = {
+        "5-5 * * * *": [at(2026, 1, 1, 0, 5), at(2026, 1, 1, 1, 5)],  # one value, not "*"
+        "0 9 * * 5-5": [at(2026, 1, 2, 9), at(2026, 1, 9, 9)],
+        "0 9 * * 0-7/2": [at(2026, 1, d, 9) for d in (1, 3, 4, 6)],
+        "0 9 * * mon-fri/2": [at(2026, 1, d, 9) for d in (2, 5, 7, 9)],
+        "0 0 last * *": [at(2026, 1, 31), at(2026, 2, 28), at(2026, 3, 31)],
+        "0 0 1 JAN,Jul *": [at(2026, 7, 1), at(2027, 1, 1)],
+        # a wildcard-led day field and a weekday: both must match, as in cron
+        "0 0 */2 * mon": [at(2026, 1, 5), at(2026, 1, 19), at(2026, 2, 9)],
+    }
+    for i, (expr, expected) in enumerate(cases.items()):
+        schedule = noop.periodic(expr, "report", key=f"k{i}")
+        assert fires(schedule, start, len(expected)) == expected, expr
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("0 12 * * fri-mon", r"bad weekday 'fri-mon' \(a range must not wrap around\)"),
+        ("30-10 * * * *", "bad minute '30-10'"),
+        ("0 0 * * 7/2", "bad weekday '7/2'"),
+        ("*/0 * * * *", r"bad minute '\*/0' \(a step must be at least 1\)"),
+        ("0 24 * * *", r"bad hour '24' \(values run from 0 to 23\)"),
+        ("0 0 * 0 *", "bad month '0'"),
+        ("0 0 * * 08", "bad weekday '08'"),
+        ("0 0 L * *", "bad day 'l'"),
+        ("0 0 * * mon#2", "bad weekday 'mon#2'"),
+        ("0 0 1W * *", "bad day '1w'"),
+        ("0 0 ? * *", r"bad day '\?'"),
+        ("H * * * *", "bad minute 'h'"),
+        ("0 0 * jan-dex *", "bad month 'jan-dex'"),
+        ("@daily", "got 1"),
+    ],
+)
+def test_croniter_extensions_and_crontab_errors_are_refused(
+    noop: DurableJobs, expr: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        noop.periodic(expr, "report")
+    assert dict(noop.schedules) == {}
+
+
+def test_fire_times_asked_for_just_after_a_dst_change(noop: DurableJobs) -> None:
+    # Paris, 29 March 2026: 02:00 CET becomes 03:00 CEST at 01:00 UTC.
+    daily = noop.periodic("30 2 * * *", "report", timezone="Europe/Paris", key="a")
+    # the skipped 02:30 runs at 01:30 UTC, also when asked after the change
+    assert daily.next_fire_after(at(2026, 3, 29, 1, 10)) == at(2026, 3, 29, 1, 30)
+    # a midnight job runs on the day of the change and the next (none skipped)
+    midnight = noop.periodic("0 0 * * *", "report", timezone="Europe/Paris", key="b")
+    assert fires(midnight, at(2026, 3, 28, 23), 2) == [at(2026, 3, 29, 22), at(2026, 3, 30, 22)]
+    # Santiago, 6 September 2026: midnight does not exist (00:00 -04 is 01:00 -03)
+    santiago = noop.periodic("0 0 * * *", "report", timezone="America/Santiago", key="c")
+    assert fires(santiago, at(2026, 9, 5, 12), 2) == [at(2026, 9, 6, 4), at(2026, 9, 7, 3)]
+    # Troll, 29 March 2026: +00 becomes +02 at 01:00 UTC, skipping 01:00-03:00.
+    # 03:15 (+02) comes first; the skipped 02:15 follows, read in the old offset.
+    troll = noop.periodic("15 2,3 * * *", "report", timezone="Antarctica/Troll", key="d")
+    assert fires(troll, at(2026, 3, 28, 20, 20), 3) == [
+        at(2026, 3, 29, 1, 15), at(2026, 3, 29, 2, 15), at(2026, 3, 30, 0, 15),
+    ]
+    # the latest fire time looks back through a repeated hour too
+    hourly = noop.periodic("0 * * * *", "report", timezone="Europe/Paris", key="e")
+    assert hourly.latest_fire(at(2026, 10, 25, 1, 30), at(2026, 10, 24)) == at(2026, 10, 25, 1)
+    assert hourly.latest_fire(at(2026, 10, 25, 0, 59), at(2026, 10, 24)) == at(2026, 10, 25)
+
+
+ZONES = ("Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Antarctica/Troll",
+         "America/Santiago", "Asia/Kolkata")
+EXPRESSIONS = ("30 2 * * *", "0 * * * *", "*/20 * * * *", "0 0 * * *", "15 2,3 * * *",
+               "0 */2 * * *", "59 1 * * 0", "0,30 1-3 * * *")
+# the changes of offset of 2026 in these zones, and an ordinary day
+CHANGES = (at(2026, 3, 8, 7), at(2026, 3, 29, 1), at(2026, 4, 4, 15), at(2026, 9, 6, 4),
+           at(2026, 10, 3, 15), at(2026, 10, 25, 1), at(2026, 11, 1, 6), at(2026, 6, 15, 12))
+
+
+def reference_fires(expr: str, zone_name: str, start: dt.datetime, end: dt.datetime
+                    ) -> list[dt.datetime]:
+    """Every fire time in [start, end], by the rules of the docs, from every
+    wall time croniter lists (read with the standard library only)."""
+    zone = zoneinfo.ZoneInfo(zone_name)
+    both_passes = expr.split()[1].startswith("*")
+    walls = croniter(expr, (start - dt.timedelta(days=1)).replace(tzinfo=None))
+    found = set()
+    while True:
+        wall = walls.get_next(dt.datetime)
+        if wall > (end + dt.timedelta(days=1)).replace(tzinfo=None):
+            break
+        first = wall.replace(tzinfo=zone)
+        found.add(first.astimezone(UTC))
+        second = wall.replace(tzinfo=zone, fold=1)
+        if both_passes and t.cast(dt.timedelta, second.utcoffset()) < t.cast(
+            dt.timedelta, first.utcoffset()
+        ):
+            found.add(second.astimezone(UTC))
+    return sorted(fire for fire in found if start <= fire <= end)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    zone=st.sampled_from(ZONES),
+    expr=st.sampled_from(EXPRESSIONS),
+    change=st.sampled_from(CHANGES),
+    shift=st.integers(min_value=-6 * 3600, max_value=6 * 3600),
+)
+def test_fire_times_match_a_plain_reading_of_the_rules(
+    zone: str, expr: str, change: dt.datetime, shift: int
+) -> None:
+    jobs = DurableJobs()
+    jobs.handler("report")(lambda p: None)
+    schedule = jobs.periodic(expr, "report", timezone=zone)
+    when = change + dt.timedelta(seconds=shift)
+    around = reference_fires(expr, zone, when - dt.timedelta(days=8), when + dt.timedelta(days=8))
+    assert schedule.next_fire_after(when) == min(f for f in around if f > when)
+    assert schedule.latest_fire(when, when - dt.timedelta(days=8)) == max(
+        f for f in around if f <= when)
 
 
 # -- ticking on a database ---------------------------------------------------------
