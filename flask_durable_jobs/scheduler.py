@@ -318,8 +318,7 @@ class Scheduler:
         aps = BackgroundScheduler(
             logger=_quiet(TICK_LOGGER),
             executors={TICK_EXECUTOR: DebugExecutor()},
-            job_defaults={"coalesce": True, "misfire_grace_time": None,
-                          "executor": TICK_EXECUTOR},
+            job_defaults={"coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
             daemon=True,
         )
@@ -337,7 +336,7 @@ class Scheduler:
         ]
         for job_id, tick, seconds, first in jobs:
             aps.add_job(_fire, "interval", args=(ref, tick), seconds=seconds, id=job_id,
-                        next_run_time=first)
+                        next_run_time=first, executor=TICK_EXECUTOR)
         listener = Listener(self.state)
         self._listener = listener
         self._aps = aps  # before start: the first ticks fire at once
