@@ -300,11 +300,8 @@ class Runner:
                 if secrets is None:
                     value = item.spec.func(payload)
                 else:
-                    vault._set_current(secrets)
-                    try:
+                    with vault.current_secrets(secrets):
                         value = item.spec.func(payload)
-                    finally:
-                        vault._set_current(None)
                 # Flask-SQLAlchemy removes the job's session as the context pops
         except Discard as exc:
             return self._outcome(item, DEAD, error=vault.scrub(f"Discard: {exc}", secrets))
