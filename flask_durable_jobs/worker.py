@@ -73,6 +73,17 @@ def _format_error(exc: BaseException) -> str:
     return full
 
 
+def _storable(text: str) -> str:
+    """``text`` as every database stores it: no NUL, no lone surrogate."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class Runner:
     """The per-app, per-process job processor."""
 
@@ -183,8 +194,8 @@ class Runner:
         error: str | None = None, run_at: dt.datetime | None = None, value: t.Any = None,
     ) -> Finish:
         row = item.row
-        if error is not None and "\x00" in error:  # no database text holds NUL
-            error = error.replace("\x00", "\\x00")
+        if error is not None:
+            error = _storable(error)
         duration = None if item.started is None else time.monotonic() - item.started
         return Finish(row.id, row.token, status, result, error, run_at, row.job_type,
                       row.attempts, duration, value, row.batch_id)

@@ -7,6 +7,7 @@ import functools
 import typing as t
 
 import pytest
+from flask import Flask
 
 from flask_durable_jobs import DurableJobs
 
@@ -40,3 +41,25 @@ def test_async_handlers_are_refused_at_registration(func: t.Any) -> None:
         with pytest.raises(TypeError, match="is an async function"):
             jobs.handler(func)  # bare, named after the function
     jobs.handler("notify")(lambda payload: None)  # the name stays free for a plain one
+
+
+def test_an_error_text_no_database_can_store_is_stored_escaped(
+    app: Flask, jobs: DurableJobs
+) -> None:
+    """A lone surrogate (from a file name read with surrogateescape, say)
+    cannot be encoded for either database: the error is stored escaped, and
+    the other outcomes of the batch are written with it."""
+
+    @jobs.handler("bad", max_attempts=1)
+    def bad(payload: dict[str, t.Any]) -> None:
+        raise RuntimeError("cannot open report-\udcff.csv")
+
+    jobs.handler("ok")(lambda payload: payload["n"])
+    failing = jobs.enqueue("bad", {})
+    fine = [jobs.enqueue("ok", {"n": n}) for n in range(3)]
+    counts = jobs.drain()
+    assert counts == {"claimed": 4, "succeeded": 3, "retried": 0, "dead": 1}
+    dead = jobs.get(failing.id)
+    assert dead is not None and dead.status == "dead"
+    assert "RuntimeError: cannot open report-\\udcff.csv" in (dead.last_error or "")
+    assert [jobs.get(j.id).result for j in fine] == [0, 1, 2]  # type: ignore[union-attr]
