@@ -311,6 +311,13 @@ class Runner:
     def written(self, outcomes: list[Finish]) -> None:
         """Outcomes the database took: a line for each dead job, the signals,
         and the batches those jobs ended."""
+        for outcome in outcomes:
+            if outcome.status == DEAD:
+                # the reason's kind only, as for a failed attempt: the text
+                # may carry what the payload did
+                reason = (outcome.error or "").split(":", 1)[0] or "no error"
+                log.warning("job %s (%s) is dead after attempt %s: %s",
+                            outcome.id, outcome.job_type, outcome.attempt, reason)
         if outcomes and _outcome_receivers():
             with self.app.app_context():
                 for outcome in outcomes:

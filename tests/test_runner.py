@@ -3,13 +3,16 @@ signals when a job goes dead. Database tests run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import logging
 import typing as t
 
 import pytest
 from flask import Flask
 
-from flask_durable_jobs import DurableJobs
+from flask_durable_jobs import Discard, DurableJobs
+from flask_durable_jobs.testing import move_time
 
 
 async def _coroutine_handler(payload: dict[str, t.Any]) -> None: ...
@@ -63,3 +66,42 @@ def test_an_error_text_no_database_can_store_is_stored_escaped(
     assert dead is not None and dead.status == "dead"
     assert "RuntimeError: cannot open report-\\udcff.csv" in (dead.last_error or "")
     assert [jobs.get(j.id).result for j in fine] == [0, 1, 2]  # type: ignore[union-attr]
+
+
+def test_a_job_that_goes_dead_logs_one_line(
+    app: Flask, jobs: DurableJobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Discard, attempts exhausted, and the orphan policy: each dead job is
+    one warning naming it and why, as a failed attempt is one line."""
+    caplog.set_level(logging.INFO, logger="flask_durable_jobs")
+
+    @jobs.handler("discard")
+    def discard(payload: dict[str, t.Any]) -> None:
+        raise Discard("recipient does not exist")
+
+    @jobs.handler("fail", max_attempts=1)
+    def fail(payload: dict[str, t.Any]) -> None:
+        raise ConnectionError("smtp down")
+
+    jobs.handler("printer", on_orphan="dead")(lambda payload: None)
+    jobs.handler("ok")(lambda payload: None)
+    discarded = jobs.enqueue("discard", {})
+    exhausted = jobs.enqueue("fail", {})
+    jobs.enqueue("ok", {})
+    assert jobs.drain()["dead"] == 2
+
+    orphan = jobs.enqueue("printer", {})
+    state = app.extensions["durable_jobs"]
+    now = state.now()
+    state.store.claim(job_types=["printer"], queues=None, limit=1, now=now,
+                      lease_until=now + dt.timedelta(seconds=5), token="f" * 32, worker_id="w")
+    move_time(seconds=10)
+    assert jobs.sweep_orphans() == 1
+
+    dead_lines = [r.getMessage() for r in caplog.records
+                  if r.levelno == logging.WARNING and "dead" in r.getMessage()]
+    assert sorted(dead_lines) == sorted([
+        f"job {discarded.id} (discard) is dead after attempt 1: Discard",
+        f"job {exhausted.id} (fail) is dead after attempt 1: ConnectionError",
+        f"job {orphan.id} (printer): lease expired; now dead",
+    ])
