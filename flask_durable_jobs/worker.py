@@ -48,6 +48,7 @@ if t.TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
     from .config import Settings
+    from .models import Job
     from .store import Store
 
 __all__ = ["Counts", "Runner", "empty_counts"]
@@ -332,8 +333,19 @@ class Runner:
         elif o.status == RETRYING:
             signals.send(signals.job_retried, self.app, error=o.error, run_at=o.run_at,
                          **common)
-        else:
-            signals.send(signals.job_dead, self.app, error=o.error, **common)
+        elif signals.job_dead.has_receivers_for(self.app):
+            signals.send(signals.job_dead, self.app, error=o.error, job=self._job(o.id),
+                         **common)
+
+    def _job(self, job_id: int) -> Job | None:
+        """The job as written, for receivers of ``job_dead`` (a dead job is
+        rare enough for one read each)."""
+        try:
+            return self.store.get(job_id)
+        except Exception as exc:  # the outcome is written; only the signal's job is missing
+            log.warning("job %s: reading it for the job_dead signal failed: %s",
+                        job_id, faults.summary(exc))
+            return None
 
     def batches_ended(self, batch_ids: t.Iterable[str | None]) -> None:
         ended = {batch_id for batch_id in batch_ids if batch_id}

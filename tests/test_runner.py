@@ -11,7 +11,7 @@ import typing as t
 import pytest
 from flask import Flask
 
-from flask_durable_jobs import Discard, DurableJobs
+from flask_durable_jobs import Discard, DurableJobs, signals
 from flask_durable_jobs.testing import move_time
 
 
@@ -105,3 +105,29 @@ def test_a_job_that_goes_dead_logs_one_line(
         f"job {exhausted.id} (fail) is dead after attempt 1: ConnectionError",
         f"job {orphan.id} (printer): lease expired; now dead",
     ])
+
+
+def test_the_job_dead_signal_carries_the_job_as_written(app: Flask, jobs: DurableJobs) -> None:
+    received: list[dict[str, t.Any]] = []
+
+    def receiver(sender: Flask, **kwargs: t.Any) -> None:
+        received.append(kwargs)
+
+    @jobs.handler("send")
+    def send(payload: dict[str, t.Any]) -> None:
+        raise Discard("recipient does not exist")
+
+    signals.job_dead.connect(receiver, app)
+    try:
+        job = jobs.enqueue("send", {"to": "ada@example.com", "lines": [1, 2]})
+        assert jobs.drain()["dead"] == 1
+    finally:
+        signals.job_dead.disconnect(receiver, app)
+    (kwargs,) = received
+    carried = kwargs["job"]
+    assert carried == jobs.get(job.id)
+    assert (carried.id, carried.status, carried.payload, carried.last_error) == (
+        job.id, "dead", {"to": "ada@example.com", "lines": [1, 2]},
+        "Discard: recipient does not exist",
+    )
+    assert carried.finished_at is not None
