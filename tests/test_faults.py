@@ -11,11 +11,21 @@ effects are counted in a side table, as an operator would count them.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import typing as t
+import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -326,3 +336,262 @@ def test_terminated_connections_lose_no_finished_work(
              details=lambda: repr(rows(db)))
     assert [row.attempts for row in rows(db)] == [1, 1]
     assert side_effects(db) == {0: 1, 1: 1}
+
+
+# -- real processes: terminated connections, a restart, a stop ---------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_VERSION = os.environ.get("DURABLE_JOBS_TEST_PG_VERSION", "15")
+TEST_APP_NAME = "fdj-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def skip_or_fail(reason: str) -> t.NoReturn:
+    if IN_CI:
+        pytest.fail(reason + " (CI=true: the fault tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def side_url(pg_server_url: str) -> t.Iterator[str]:
+    """A database of its own for the side effects, on the shared server: the
+    faults under test never touch it."""
+    admin = sa.create_engine(sa.make_url(pg_server_url).set(database="postgres"),
+                             isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    name = f"fdj_side_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(pg_server_url).set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+class Cluster:
+    """A PostgreSQL cluster of this test's own, made with Debian's tools, so
+    that restarting or stopping it disturbs nobody else's tests."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def ctl(self, action: str) -> None:
+        subprocess.run(["pg_ctlcluster", PG_VERSION, self.name, action], check=True,
+                       capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def cluster() -> t.Iterator[Cluster]:
+    tools = ("pg_createcluster", "pg_ctlcluster", "pg_dropcluster")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        skip_or_fail(f"a private PostgreSQL cluster needs {', '.join(missing)}"
+                     " (Debian's postgresql-common)")
+    if os.geteuid() != 0:
+        skip_or_fail("a private PostgreSQL cluster is made as root (pg_createcluster)")
+    name = f"fdjfault{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(
+        ["pg_createcluster", PG_VERSION, name, "--port", str(free_port()), "--",
+         "--auth=trust"],
+        capture_output=True, text=True, timeout=120,
+    )
+    if made.returncode != 0:
+        skip_or_fail(f"pg_createcluster {PG_VERSION} failed: {made.stderr.strip()}")
+    try:
+        port = int(Path(f"/etc/postgresql/{PG_VERSION}/{name}/postgresql.conf").read_text()
+                   .split("\nport = ")[1].split()[0])
+        made_cluster = Cluster(name, port)
+        made_cluster.ctl("start")
+        yield made_cluster
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, name], capture_output=True,
+                       timeout=120)
+
+
+class Drain:
+    """``gunicorn -w 2`` serving tests/procs/faultapp.py, each worker with its
+    scheduler, and the test's view of the jobs and the side effects."""
+
+    def __init__(self, jobs_url: str, side_url: str, tmp_path: Path, **config: t.Any) -> None:
+        from tests.procs import faultapp
+
+        self.faultapp = faultapp
+        self.app = faultapp.create_app({
+            "SQLALCHEMY_DATABASE_URI": jobs_url,
+            "SQLALCHEMY_BINDS": {"side": side_url},
+            "SQLALCHEMY_ENGINE_OPTIONS": {
+                "pool_pre_ping": True, "connect_args": {"application_name": TEST_APP_NAME},
+            },
+            "DURABLE_JOBS_SCHEDULER": False,
+        })
+        self._ctx = self.app.app_context()
+        self._ctx.push()
+        faultapp.db.create_all()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("FLASK_", "FAULTAPP_", "GUNICORN_"))}
+        env.update(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+            PYTHONUNBUFFERED="1", FAULTAPP_DATABASE_URL=jobs_url, FAULTAPP_SIDE_URL=side_url,
+            FAULTAPP_LOG="1",
+        )
+        for key, value in config.items():
+            env[f"FAULTAPP_DURABLE_JOBS_{key}"] = json.dumps(value)
+        self.log_path = tmp_path / "gunicorn.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [GUNICORN, "-w", "2", "-b", f"127.0.0.1:{free_port()}", "--graceful-timeout",
+             "10", "tests.procs.faultapp:create_app()"],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for("both workers' schedulers", lambda: self.output().count(
+            "durable jobs scheduler started") == 2, 60, details=self.output)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def enqueue(self, prefix: str, count: int, sleep: float) -> None:
+        self.faultapp.jobs.enqueue_many(
+            self.faultapp.JOB, [{"tag": f"{prefix}{n}", "sleep": sleep} for n in range(count)]
+        )
+
+    def statuses(self) -> dict[str, int]:
+        with self.faultapp.db.engine.connect() as conn:
+            return dict(conn.exec_driver_sql(  # type: ignore[arg-type]
+                "SELECT status, count(*) FROM durable_jobs GROUP BY status"
+            ).all())
+
+    def recorded(self) -> dict[str, int]:
+        """How many times each tag's side effect was recorded."""
+        with self.faultapp.db.engines["side"].connect() as conn:
+            return dict(conn.exec_driver_sql(  # type: ignore[arg-type]
+                "SELECT tag, count(*) FROM side_effects GROUP BY tag"
+            ).all())
+
+    def details(self) -> str:
+        return f"jobs by status: {self.statuses()}\n--- gunicorn:\n{self.output()[-6000:]}"
+
+    def wait_drained(self, total: int, timeout: float) -> None:
+        wait_for(f"{total} jobs to succeed", lambda: self.statuses() == {"succeeded": total},
+                 timeout, interval=0.5, details=self.details)
+
+    def assert_each_ran_once(self, total: int) -> None:
+        recorded = self.recorded()
+        twice = {tag: n for tag, n in recorded.items() if n > 1}
+        assert not twice, f"{len(twice)} jobs ran twice, e.g. {sorted(twice)[:10]}"
+        assert len(recorded) == total
+
+    def close(self) -> None:
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        finally:
+            self._log.close()
+            self.faultapp.jobs.stop()
+            self.faultapp.db.session.remove()
+            for engine in self.faultapp.db.engines.values():
+                engine.dispose()
+            self._ctx.pop()
+
+
+def terminate_library_connections(url: str) -> int:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            killed = conn.execute(sa.text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = :name"
+            ), {"name": "fdj-jobs"}).scalar_one()
+            conn.commit()
+            return int(killed)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.postgresql
+@on_postgresql
+def test_gunicorn_drains_while_its_connections_are_terminated_every_200_ms(
+    database_url: str, side_url: str, tmp_path: Path
+) -> None:
+    """Every 200 ms, for as long as the drain runs (up to 8 s), every
+    connection of the app and the library to the jobs database is terminated
+    while two workers drain 600 short jobs: every job succeeds, and none runs
+    twice (before: hundreds did)."""
+    total = 600
+    drain = Drain(database_url, side_url, tmp_path, LEASE_SECONDS=10, SWEEP_INTERVAL=2,
+                  POLL_INTERVAL=0.2)
+    try:
+        drain.enqueue("t", total, sleep=0.05)
+        wait_for("the drain to start", lambda: len(drain.recorded()) >= 20, 30,
+                 interval=0.05, details=drain.details)
+        rounds = 0  # terminations that met connections while jobs were left
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and len(drain.recorded()) < total:
+            if terminate_library_connections(database_url):
+                rounds += 1
+            time.sleep(0.2)
+        assert rounds >= 10, f"only {rounds} terminations met the drain"
+        drain.wait_drained(total, 120)
+        drain.assert_each_ran_once(total)
+        # one line per process and kind of failure per minute, not one per attempt
+        said = re.findall(r" (\d+) \S+ WARNING durable jobs: (.+?) failed \((.+?):",
+                          drain.output())
+        assert said and len(said) == len(set(said)), said
+    finally:
+        drain.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgresql
+def test_gunicorn_drains_through_a_restart_and_a_15_second_stop(
+    cluster: Cluster, side_url: str, tmp_path: Path
+) -> None:
+    """A PostgreSQL restart mid-drain, then a stop of 15 s mid-drain (within
+    the 30 s lease): every job succeeds and none runs twice."""
+    admin = sa.create_engine(cluster.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql("CREATE DATABASE jobs")
+    admin.dispose()
+    jobs_url = sa.make_url(cluster.url).set(database="jobs").render_as_string(False)
+    drain = Drain(jobs_url, side_url, tmp_path, LEASE_SECONDS=30, SWEEP_INTERVAL=2,
+                  POLL_INTERVAL=0.2)
+    try:
+        drain.enqueue("r", 300, sleep=0.05)
+        wait_for("the drain to start", lambda: len(drain.recorded()) >= 30, 30,
+                 interval=0.05, details=drain.details)
+        assert len(drain.recorded()) < 200, "the restart must come mid-drain"
+        cluster.ctl("restart")
+        drain.wait_drained(300, 120)
+        drain.assert_each_ran_once(300)
+
+        drain.enqueue("s", 300, sleep=0.05)
+        wait_for("the second drain to start",
+                 lambda: sum(tag.startswith("s") for tag in drain.recorded()) >= 30, 30,
+                 interval=0.05, details=drain.details)
+        assert sum(tag.startswith("s") for tag in drain.recorded()) < 200
+        cluster.ctl("stop")
+        time.sleep(15)
+        cluster.ctl("start")
+        drain.wait_drained(600, 120)
+        drain.assert_each_ran_once(600)
+        # the faults met the runs, which waited them out
+        assert "durable jobs: the database answers again" in drain.output()
+    finally:
+        drain.close()
