@@ -311,11 +311,12 @@ def test_terminated_connections_lose_no_finished_work(
     """The issue's reproduction: every connection is terminated while two
     3-second handlers run; both end succeeded on their first attempt, each
     side effect recorded once (before, both rows stayed running until the
-    lease expired and then ran again)."""
+    lease expired and then ran again). With ``on_orphan="dead"`` the sweep
+    would have sent them to dead instead: it never takes a live job."""
     create_side_table(db)
     started: list[int] = []
 
-    @jobs.handler("slow")
+    @jobs.handler("slow", on_orphan="dead")
     def slow(payload: dict[str, t.Any]) -> None:
         started.append(payload["n"])
         time.sleep(3)
