@@ -125,6 +125,8 @@ class Run:
                 or self.refusal is not None or not self.outage.ready(time.monotonic())):
             return
         try:
+            if runner.has_lost_claims:
+                runner.release_lost_claims()
             self.pin.hold()
             items = runner.claim(room, self.done)
         except Exception as exc:

@@ -31,12 +31,15 @@ import typing as t
 import uuid
 from datetime import timedelta
 
+import sqlalchemy as sa
+
 from . import faults, signals, vault
 from . import payload as payload_json
 from .errors import Discard
 from .handlers import HandlerSpec
 from .loop import WAKE, Counts, Run, empty_counts
 from .models import DEAD, RETRYING, SUCCEEDED
+from .models import RUNNING as RUNNING_STATUS
 from .pool import ABANDONED, DONE, QUEUED, RUNNING, HandlerPool, WorkItem
 from .retry import Backoff, delay_for
 from .store import Finish
@@ -115,6 +118,8 @@ class Runner:
         self.messages = faults.RateLimitedLog()
         self._lock = threading.Lock()
         self._runs: list[queue.SimpleQueue[t.Any]] = []
+        #: tokens of claims that may have been committed without an answer
+        self._lost_claims: list[str] = []
         self._stopping = threading.Event()
         #: When a run stopping for shutdown gives back what did not finish
         #: (``time.monotonic()`` seconds; set by :meth:`begin_shutdown`).
@@ -266,17 +271,26 @@ class Runner:
         if not types or limit <= 0:
             return []
         now = self.clock()
-        rows = self.store.claim(
-            job_types=types,
-            queues=self.settings.queues,
-            limit=limit,
-            now=now,
-            lease_until=now + timedelta(seconds=self.settings.lease_seconds),
-            token=uuid.uuid4().hex,
-            worker_id=self.worker_id,
-            # without a key, jobs carrying secrets wait for a process that has one
-            with_secrets=self.vault is not None,
-        )
+        token = uuid.uuid4().hex
+        try:
+            rows = self.store.claim(
+                job_types=types,
+                queues=self.settings.queues,
+                limit=limit,
+                now=now,
+                lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                token=token,
+                worker_id=self.worker_id,
+                # without a key, jobs carrying secrets wait for a process that has one
+                with_secrets=self.vault is not None,
+            )
+        except Exception as exc:
+            if faults.lost_connection(exc):
+                # the server may have committed the claim before the answer
+                # was lost: nobody would run those jobs until their lease ends
+                with self._lock:
+                    self._lost_claims.append(token)
+            raise
         items = []
         for row in rows:
             spec = self.handlers.get(row.job_type)
@@ -285,6 +299,30 @@ class Runner:
                 continue
             items.append(WorkItem(row, spec, done))
         return items
+
+    @property
+    def has_lost_claims(self) -> bool:
+        return bool(self._lost_claims)
+
+    def release_lost_claims(self) -> None:
+        """Give back the jobs of claims whose answer was lost with the
+        connection, the attempt not counted, instead of leaving them running
+        until their lease expires (when ``on_orphan="dead"`` would end them)."""
+        while self._lost_claims:
+            token = self._lost_claims[0]
+            table = self.store.table
+            with self.store.transaction() as conn:
+                ids = conn.execute(
+                    sa.select(table.c.id).where(table.c.status == RUNNING_STATUS,
+                                                table.c.lease_token == token)
+                ).scalars().all()
+            released = self.store.release([(job_id, token) for job_id in ids], self.clock())
+            if released:
+                log.warning("released %d jobs claimed by a statement whose answer was lost"
+                            " with its connection; they are due again", released)
+            with self._lock:
+                if token in self._lost_claims:
+                    self._lost_claims.remove(token)
 
     def renew(self, held: list[tuple[int, str]]) -> set[int]:
         """Extend the leases of ``held`` (id, token) pairs; the ids still held."""

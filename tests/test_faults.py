@@ -231,6 +231,41 @@ def test_a_renewal_that_fails_transiently_is_retried_before_the_lease_runs_out(
     assert done is not None and (done.status, done.attempts) == ("succeeded", 1)
 
 
+@pytest.mark.postgresql
+@on_postgresql
+def test_jobs_of_a_claim_whose_answer_was_lost_are_given_back(
+    app: Flask, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server commits a claim, then the connection dies before the
+    answer arrives: the jobs are released (the attempt not counted) and run
+    now, not after their lease and a sweep that, with ``on_orphan="dead"``,
+    would end them dead."""
+    import psycopg.errors
+
+    runs: list[int] = []
+    jobs.handler("t", on_orphan="dead")(lambda payload: runs.append(payload["n"]))
+    ids = jobs.enqueue_many("t", [{"n": n} for n in range(3)])
+    store = app.extensions["durable_jobs"].store
+    real_claim = store.claim
+    lost: list[int] = []
+
+    def claim(**kwargs: t.Any) -> t.Any:
+        rows = real_claim(**kwargs)
+        if not lost:
+            lost.append(len(rows))
+            raise psycopg.errors.AdminShutdown("terminating connection")
+        return rows
+
+    monkeypatch.setattr(store, "claim", claim)
+    with pytest.raises(psycopg.errors.AdminShutdown):
+        jobs.process_due()  # nothing held yet: the caller sees the failure
+    assert lost == [3]
+    assert jobs.drain()["succeeded"] == 3  # the next run gives them back first
+    assert sorted(runs) == [0, 1, 2]
+    assert [(j.status, j.attempts) for j in map(jobs.get, ids)] == [  # type: ignore[union-attr]
+        ("succeeded", 1)] * 3
+
+
 def test_a_claim_refused_for_good_is_raised_after_the_jobs_held_are_written(
     app: Flask, jobs: DurableJobs, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
