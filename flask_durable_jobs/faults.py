@@ -105,14 +105,23 @@ def replace_closed_connections(engine: sa.Engine) -> None:
 
 def _check_on_checkout(dbapi_conn: t.Any, _record: t.Any, _proxy: t.Any) -> None:
     try:
-        # An idle connection has nothing to read: anything there is the
-        # server's goodbye (or, rarely, a notice; a new connection costs
-        # little then).
-        closed = dbapi_conn.closed or bool(select.select([dbapi_conn.fileno()], [], [], 0)[0])
+        closed = dbapi_conn.closed or _readable(dbapi_conn.fileno())
     except Exception:  # no socket any more
         closed = True
     if closed:
         raise sa.exc.InvalidatePoolError("the server closed the connection while it was idle")
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket has something to read. An idle connection has
+    nothing: anything there is the server's goodbye (or, rarely, a notice; a
+    new connection costs little then). ``poll``, unlike ``select``, takes any
+    descriptor number; where it is missing (Windows) nothing is checked."""
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def summary(exc: BaseException) -> str:

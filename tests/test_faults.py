@@ -143,6 +143,30 @@ def test_a_terminated_connection_is_classified_as_lost(database_url: str) -> Non
     assert faults.classify(wrapped.value) in (faults.LOST, faults.RESTARTING)
 
 
+@pytest.mark.postgresql
+@on_postgresql
+def test_the_pool_replaces_a_connection_the_server_closed_while_idle(database_url: str) -> None:
+    """All connections are terminated while one sits in the pool: the next
+    checkout hands out a new one, and the statement on it succeeds."""
+    engine = sa.create_engine(database_url)
+    faults.replace_closed_connections(engine)
+    try:
+        with engine.connect() as conn:
+            before = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        assert terminate_backends(database_url) >= 1
+        time.sleep(0.2)  # the server's goodbye reaches the socket
+        raw = engine.raw_connection()  # the store's hot path takes connections so
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT pg_backend_pid()")
+            after = cursor.fetchone()[0]
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+    assert after != before
+
+
 # -- the run keeps what it holds ------------------------------------------------------
 
 
