@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing as t
 
 from .retry import Backoff
@@ -39,6 +40,16 @@ def default_name(func: t.Callable[..., t.Any]) -> str:
     return f"{module}.{qualname}"
 
 
+def is_async(func: t.Callable[..., t.Any]) -> bool:
+    """``async def`` functions, async generators, and objects whose
+    ``__call__`` is one (``functools.partial`` of them too)."""
+    call = None if inspect.isroutine(func) else type(func).__call__  # a callable object
+    for candidate in (func, call):
+        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
+            return True
+    return False
+
+
 def check_max_attempts(value: t.Any, what: str = "max_attempts") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
@@ -73,6 +84,14 @@ def make_spec(
                          f" got {name!r}")
     if not callable(func):
         raise TypeError(f"handler {name!r} must be callable, got {func!r}")
+    if is_async(func):
+        # Called on a handler thread, it would only return a coroutine that
+        # nobody awaits, and every job would go dead.
+        raise TypeError(
+            f"handler {name!r} is an async function ({func!r}); handlers are called on"
+            " threads and async handlers are not supported yet: define it with def"
+            " (it may run a coroutine with asyncio.run(...))"
+        )
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
     ):

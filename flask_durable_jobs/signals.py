@@ -16,7 +16,9 @@ signal             keyword arguments
 ``job_succeeded``  ``job_id``, ``job_type``, ``attempt``, ``result``, ``duration``
 ``job_retried``    ``job_id``, ``job_type``, ``attempt``, ``error``, ``run_at``,
                    ``duration``
-``job_dead``       ``job_id``, ``job_type``, ``attempt``, ``error``, ``duration``
+``job_dead``       ``job_id``, ``job_type``, ``attempt``, ``error``, ``duration``,
+                   ``job`` (the :class:`~flask_durable_jobs.Job` as written,
+                   payload included; ``None`` if reading it failed)
 ``job_rescued``    ``job_id``, ``job_type``, ``status`` (an orphan whose lease
                    expired, now ``retrying`` or ``dead``)
 =================  ===========================================================

@@ -9,6 +9,7 @@ deleted from the row when the job ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import typing as t
@@ -27,8 +28,16 @@ def job_secrets() -> dict[str, t.Any]:
     return dict(getattr(_current, "secrets", None) or {})
 
 
-def _set_current(secrets: dict[str, t.Any] | None) -> None:
+@contextlib.contextmanager
+def current_secrets(secrets: dict[str, t.Any] | None) -> t.Iterator[None]:
+    """Make ``secrets`` what :func:`job_secrets` returns on this thread while
+    the block runs (the handler thread, around one job's handler)."""
+    previous = getattr(_current, "secrets", None)
     _current.secrets = secrets
+    try:
+        yield
+    finally:
+        _current.secrets = previous
 
 
 class Vault:

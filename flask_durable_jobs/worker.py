@@ -1,26 +1,25 @@
 """Claim due jobs, run them on handler threads, write their outcomes.
 
-One :class:`Runner` per app and process. :meth:`Runner.run` is the loop both
-``jobs.process_due()`` and the scheduler's tick use:
+One :class:`Runner` per app and process. :meth:`Runner.run` is what both
+``jobs.process_due()`` and the scheduler's tick call; each call is one
+processing run (:class:`~flask_durable_jobs.loop.Run`):
 
 1. claim up to a batch of due jobs of the types this process handles;
-2. hand them to the handler threads (each job in its own app context);
-3. collect outcomes as they come and write them in batches, each write fenced
-   by the claim's lease token; the handler threads run the next batch while
-   the write waits on the database, and on PostgreSQL the write runs on a
-   second connection while the loop claims the batch after;
-4. renew the leases of jobs still in flight (the heartbeat), fail attempts
-   that outlive their timeout, and at shutdown give back what did not finish.
+2. hand them to the handler threads (:mod:`.pool`; each job in its own app
+   context, run by :meth:`Runner.execute`);
+3. collect outcomes as they come and write them in batches (:mod:`.writer`),
+   each write fenced by the claim's lease token;
+4. renew the leases of jobs still held (the heartbeat), fail attempts that
+   outlive their timeout, and at shutdown give back what did not finish.
 
-A handler thread stuck past its job's timeout cannot be killed in Python; it
-is abandoned (its result is discarded, and refused by the database anyway)
-and a fresh thread takes its place, with the rest of its chunk.
+A statement that meets a transient database failure (a restart, a failover,
+a terminated connection; :mod:`.faults`) is retried with a growing pause
+while the run keeps every outcome not written yet and every handler still
+running, and keeps renewing their leases, so nobody else takes those jobs.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import logging
 import os
 import queue
@@ -30,16 +29,20 @@ import time
 import traceback
 import typing as t
 import uuid
-import weakref
 from datetime import timedelta
 
+import sqlalchemy as sa
+
+from . import faults, signals, vault
 from . import payload as payload_json
-from . import signals, vault
 from .errors import Discard
 from .handlers import HandlerSpec
+from .loop import WAKE, Counts, Run, empty_counts
 from .models import DEAD, RETRYING, SUCCEEDED
+from .models import RUNNING as RUNNING_STATUS
+from .pool import ABANDONED, DONE, QUEUED, RUNNING, HandlerPool, WorkItem
 from .retry import Backoff, delay_for
-from .store import ClaimedRow, Finish
+from .store import Finish
 
 if t.TYPE_CHECKING:
     import datetime as dt
@@ -48,7 +51,10 @@ if t.TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
     from .config import Settings
+    from .models import Job
     from .store import Store
+
+__all__ = ["Counts", "Runner", "empty_counts"]
 
 log = logging.getLogger("flask_durable_jobs")
 
@@ -61,16 +67,6 @@ QUICK_JOB_SECONDS = 0.001
 #: Longest ``last_error`` kept on a job, in characters (the tail is kept).
 MAX_ERROR_LENGTH = 10_000
 
-_QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
-_WAKE = object()
-_NO_CHUNK: collections.deque[t.Any] = collections.deque(maxlen=0)
-
-Counts = dict[str, int]
-
-
-def empty_counts() -> Counts:
-    return {"claimed": 0, "succeeded": 0, "retried": 0, "dead": 0}
-
 
 def _format_error(exc: BaseException) -> str:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -81,157 +77,15 @@ def _format_error(exc: BaseException) -> str:
     return full
 
 
-class WorkItem:
-    """One claimed job on its way through a handler thread."""
-
-    __slots__ = ("chunk", "deadline", "done", "lock", "row", "spec", "started", "state")
-
-    def __init__(self, row: ClaimedRow, spec: HandlerSpec, done: queue.SimpleQueue[t.Any]) -> None:
-        self.row = row
-        self.spec = spec
-        self.done = done
-        self.lock = threading.Lock()
-        self.state = _QUEUED
-        self.started: float | None = None
-        self.deadline: float | None = None
-        #: the items handed to a thread with this one, those not started yet
-        #: (set by HandlerPool.submit)
-        self.chunk: collections.deque[WorkItem] = _NO_CHUNK
-
-
-class HandlerPool:
-    """A fixed number of daemon threads running work items.
-
-    Items come in chunks: a thread runs its chunk's items one after another.
-    Quick jobs travel many to a chunk, so a batch costs a few hand-offs
-    between threads instead of one per job.
-
-    Daemon threads let the interpreter exit even if a handler hangs; the
-    shutdown path releases those jobs instead of waiting for them.
-    """
-
-    def __init__(self, size: int, run: t.Callable[[WorkItem], bool], name: str) -> None:
-        self._queue: queue.SimpleQueue[collections.deque[WorkItem] | None] = queue.SimpleQueue()
-        # ``run`` is a runner's method, held weakly: the threads end when the
-        # runner is collected, so an app that was thrown away leaves none.
-        self._run = weakref.WeakMethod(run)
-        weakref.finalize(t.cast(t.Any, run).__self__, _stop_threads, self._queue, size)
-        self._name = name
-        self._lock = threading.Lock()
-        self._count = 0
-        for _ in range(size):
-            self._spawn()
-
-    def _spawn(self) -> None:
-        with self._lock:
-            self._count += 1
-            number = self._count
-        thread = threading.Thread(
-            target=self._main, name=f"{self._name}-{number}", daemon=True
-        )
-        thread.start()
-
-    def _main(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if not self._run_chunk(chunk):
-                return
-
-    def _run_chunk(self, chunk: collections.deque[WorkItem]) -> bool:
-        run = self._run()  # a strong reference only while the chunk runs
-        if run is None:
-            return False
-        while chunk:
-            try:
-                item = chunk.popleft()
-            except IndexError:  # emptied by the thread that took it over
-                break
-            if not run(item):
-                return False  # abandoned after a timeout; see replace()
-        return True
-
-    def submit(self, items: list[WorkItem], chunk: int = 1) -> None:
-        for start in range(0, len(items), chunk):
-            shared: collections.deque[WorkItem] = collections.deque(items[start:start + chunk])
-            for item in shared:
-                item.chunk = shared
-            self._queue.put(shared)
-
-    def replace(self, stuck: WorkItem) -> None:
-        """Start a thread in place of the one stuck in ``stuck``'s timed-out
-        handler; the items of its chunk not started yet go with it."""
-        self._spawn()
-        if stuck.chunk:
-            self._queue.put(stuck.chunk)
-
-    def close(self, size: int) -> None:
-        for _ in range(size):
-            self._queue.put(None)
-
-
-def _stop_threads(work: queue.SimpleQueue[t.Any], count: int) -> None:
-    for _ in range(count):
-        work.put(None)
-
-
-class Writer:
-    """Writes one loop's outcomes, one batch in flight at a time.
-
-    Where two connections can write at once (PostgreSQL), the write runs on a
-    thread with its own connection, started on first use, so that the write
-    and the loop's next claim wait on the database together; otherwise
-    (SQLite) it runs at once on the loop's connection. Either way the loop
-    settles it later (:meth:`take`): counts, signals, batches.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._calls: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._future: concurrent.futures.Future[set[int]] | None = None
-        #: the outcomes of the write in flight (still in flight for the loop)
-        self.writing: list[Finish] = []
-
-    def start(self, outcomes: list[Finish], now: dt.datetime) -> None:
-        future: concurrent.futures.Future[set[int]] = concurrent.futures.Future()
-        if self._store.concurrent_writes:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._main, name="durable-jobs-writer", daemon=True
-                )
-                self._thread.start()
-            self._calls.put((future, outcomes, now))
-        else:
-            self._finish(future, outcomes, now)
-        self.writing, self._future = outcomes, future
-
-    def take(self) -> tuple[list[Finish], concurrent.futures.Future[set[int]]] | None:
-        """The write in flight, to settle; ``None`` if there is none."""
-        if self._future is None:
-            return None
-        taken = self.writing, self._future
-        self.writing, self._future = [], None
-        return taken
-
-    def _finish(
-        self, future: concurrent.futures.Future[set[int]], outcomes: list[Finish],
-        now: dt.datetime,
-    ) -> None:
-        try:
-            future.set_result(self._store.finish(outcomes, now))
-        except BaseException as exc:  # handed to the loop, which logs it
-            future.set_exception(exc)
-
-    def _main(self) -> None:
-        with self._store.pinned():
-            while (call := self._calls.get()) is not None:
-                self._finish(*call)
-
-    def close(self) -> None:
-        """Stop the thread, once its connection is back in the pool (the loop
-        settles every write before it closes the writer)."""
-        if self._thread is not None:
-            self._calls.put(None)
-            self._thread.join(timeout=10)
+def _storable(text: str) -> str:
+    """``text`` as every database stores it: no NUL, no lone surrogate."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class Runner:
@@ -258,11 +112,18 @@ class Runner:
         self.default_backoff = default_backoff
         self.clock = clock
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.pool = HandlerPool(settings.concurrency, self._execute, "durable-jobs")
+        self.pool = HandlerPool(settings.concurrency, self.execute, "durable-jobs")
+        faults.replace_closed_connections(store.engine)
+        #: Database failures are logged through this, once a minute per kind.
+        self.messages = faults.RateLimitedLog()
         self._lock = threading.Lock()
-        self._loops: list[queue.SimpleQueue[t.Any]] = []
+        self._runs: list[queue.SimpleQueue[t.Any]] = []
+        #: tokens of claims that may have been committed without an answer
+        self._lost_claims: list[str] = []
         self._stopping = threading.Event()
-        self._stop_deadline = 0.0
+        #: When a run stopping for shutdown gives back what did not finish
+        #: (``time.monotonic()`` seconds; set by :meth:`begin_shutdown`).
+        self.stop_deadline = 0.0
         self._closed = False
         self._average_run: float | None = None  # seconds per job, moving average
         #: Called by :meth:`wake` when no loop is running (the scheduler's kick).
@@ -272,24 +133,27 @@ class Runner:
 
     # -- running handlers (on pool threads) -------------------------------
 
-    def _execute(self, item: WorkItem) -> bool:
+    def execute(self, item: WorkItem) -> bool:
+        """Run one item on the calling pool thread and hand its outcome to
+        its run; ``False`` when the item was given up meanwhile (its thread
+        has been replaced and must end)."""
         with item.lock:
-            if item.state != _QUEUED:
+            if item.state != QUEUED:
                 return True  # released at shutdown before it started
-            item.state = _RUNNING
+            item.state = RUNNING
             item.started = time.monotonic()
             if item.spec.timeout is not None:
                 item.deadline = item.started + item.spec.timeout
         outcome = self._call(item)
         self._observe(time.monotonic() - item.started)
         with item.lock:
-            if item.state == _ABANDONED:
+            if item.state == ABANDONED:
                 log.warning(
                     "job %s (%s) returned after its attempt was given up; result discarded",
                     item.row.id, item.row.job_type,
                 )
                 return False
-            item.state = _DONE
+            item.state = DONE
         item.done.put((item, outcome))
         return True
 
@@ -314,18 +178,15 @@ class Runner:
                 if secrets is None:
                     value = item.spec.func(payload)
                 else:
-                    vault._set_current(secrets)
-                    try:
+                    with vault.current_secrets(secrets):
                         value = item.spec.func(payload)
-                    finally:
-                        vault._set_current(None)
                 # Flask-SQLAlchemy removes the job's session as the context pops
         except Discard as exc:
             return self._outcome(item, DEAD, error=vault.scrub(f"Discard: {exc}", secrets))
         except BaseException as exc:
             log.info("job %s (%s) attempt %s failed: %s", row.id, row.job_type, row.attempts,
                      type(exc).__name__)
-            return self._failure(item, vault.scrub(_format_error(exc), secrets))
+            return self.failure(item, vault.scrub(_format_error(exc), secrets))
         try:
             text = payload_json.dumps_result(value)
         except (TypeError, ValueError) as exc:
@@ -339,13 +200,14 @@ class Runner:
         error: str | None = None, run_at: dt.datetime | None = None, value: t.Any = None,
     ) -> Finish:
         row = item.row
-        if error is not None and "\x00" in error:  # no database text holds NUL
-            error = error.replace("\x00", "\\x00")
+        if error is not None:
+            error = _storable(error)
         duration = None if item.started is None else time.monotonic() - item.started
         return Finish(row.id, row.token, status, result, error, run_at, row.job_type,
                       row.attempts, duration, value, row.batch_id)
 
-    def _failure(self, item: WorkItem, error: str) -> Finish:
+    def failure(self, item: WorkItem, error: str) -> Finish:
+        """The outcome of a failed attempt: retried after the backoff, or dead."""
         row = item.row
         if row.attempts >= row.max_attempts:
             return self._outcome(item, DEAD, error=error)
@@ -358,12 +220,12 @@ class Runner:
         run_at = self.clock() + timedelta(seconds=delay)
         return self._outcome(item, RETRYING, error=error, run_at=run_at)
 
-    # -- the loop -----------------------------------------------------------
-
     def _observe(self, seconds: float) -> None:
         # A moving average is enough: it only sizes the next claims.
         average = self._average_run
         self._average_run = seconds if average is None else average * 0.9 + seconds * 0.1
+
+    # -- what a run asks of the runner ----------------------------------------
 
     def claim_size(self) -> int:
         """How many jobs this process holds at most: what its threads can start
@@ -380,7 +242,7 @@ class Runner:
         ahead = int(threads * PREFETCH_SECONDS / max(average, 1e-6))
         return max(1, min(self.settings.batch_size, threads + ahead))
 
-    def _chunk(self, count: int) -> int:
+    def chunk(self, count: int) -> int:
         """Items per hand-off: quick jobs are shared out evenly among the
         threads, slower ones go one by one to whichever thread is free."""
         average = self._average_run
@@ -389,7 +251,7 @@ class Runner:
         threads = self.settings.concurrency
         return max(1, -(-count // threads))
 
-    def _least_claim(self, size: int, running: int) -> int:
+    def least_claim(self, size: int, running: int) -> int:
         """The fewest jobs worth a claim while ``running`` of at most ``size``
         (:meth:`claim_size`) are in flight.
 
@@ -403,22 +265,32 @@ class Runner:
     def handled_types(self) -> list[str]:
         return sorted(self.handlers)
 
-    def _claim(self, limit: int, done: queue.SimpleQueue[t.Any]) -> list[WorkItem]:
+    def claim(self, limit: int, done: queue.SimpleQueue[t.Any]) -> list[WorkItem]:
+        """Claim up to ``limit`` due jobs as work items reporting to ``done``."""
         types = self.handled_types()
         if not types or limit <= 0:
             return []
         now = self.clock()
-        rows = self.store.claim(
-            job_types=types,
-            queues=self.settings.queues,
-            limit=limit,
-            now=now,
-            lease_until=now + timedelta(seconds=self.settings.lease_seconds),
-            token=uuid.uuid4().hex,
-            worker_id=self.worker_id,
-            # without a key, jobs carrying secrets wait for a process that has one
-            with_secrets=self.vault is not None,
-        )
+        token = uuid.uuid4().hex
+        try:
+            rows = self.store.claim(
+                job_types=types,
+                queues=self.settings.queues,
+                limit=limit,
+                now=now,
+                lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                token=token,
+                worker_id=self.worker_id,
+                # without a key, jobs carrying secrets wait for a process that has one
+                with_secrets=self.vault is not None,
+            )
+        except Exception as exc:
+            if faults.lost_connection(exc):
+                # the server may have committed the claim before the answer
+                # was lost: nobody would run those jobs until their lease ends
+                with self._lock:
+                    self._lost_claims.append(token)
+            raise
         items = []
         for row in rows:
             spec = self.handlers.get(row.job_type)
@@ -428,188 +300,92 @@ class Runner:
             items.append(WorkItem(row, spec, done))
         return items
 
-    def run(self, limit: int | None = None, *, keep_polling: bool = False) -> Counts:
-        """Claim and run due jobs until nothing is due (and nothing in flight).
+    @property
+    def has_lost_claims(self) -> bool:
+        return bool(self._lost_claims)
 
-        ``limit`` caps how many jobs are claimed in all. With ``keep_polling``
-        (the scheduler's tick), the loop also looks for newly due jobs every
-        poll interval while earlier ones are still running. The loop keeps one
-        database connection for its claims and writes.
-        """
-        with self.store.pinned():
-            writer = Writer(self.store)
-            try:
-                return self._loop(limit, keep_polling, writer)
-            finally:
-                writer.close()
-
-    def _loop(self, limit: int | None, keep_polling: bool, writer: Writer) -> Counts:
-        settings = self.settings
-        counts = empty_counts()
-        done: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
-        inflight: dict[int, WorkItem] = {}
-        pending: list[Finish] = []  # outcomes whose write failed, to retry
-        budget = limit
-        exhausted = False
-        heartbeat_every = settings.lease_seconds / 3
-        next_heartbeat = time.monotonic() + heartbeat_every
-        last_claim = 0.0
-        outcomes: list[Finish] = []  # collected, not yet written (still in inflight)
-        with self._lock:
-            self._loops.append(done)
-        try:
-            while True:
-                # 1. claim while there is room, budget and work; a job whose
-                # outcome only waits to be written leaves its room
-                running = len(inflight) - len(outcomes) - len(writer.writing)
-                size = self.claim_size()
-                room = size - running
-                if budget is not None:
-                    room = min(room, budget)
-                if (not exhausted and room >= self._least_claim(size, running)
-                        and not self._stopping.is_set()):
-                    items = self._claim(room, done)
-                    last_claim = time.monotonic()
-                    counts["claimed"] += len(items)
-                    if budget is not None:
-                        budget -= len(items)
-                    if len(items) < room:
-                        exhausted = True
-                    for item in items:
-                        inflight[item.row.id] = item
-                    self.pool.submit(items, self._chunk(len(items)))
-                    if budget == 0:
-                        exhausted = True
-
-                # 2. write outcomes in one statement; the handler threads run
-                # what was just claimed meanwhile. The previous write (on
-                # PostgreSQL, run beside the claim above) is settled first.
-                if writer.writing and (outcomes or len(writer.writing) == len(inflight)):
-                    self._settle(writer, inflight, counts, pending)
-                if outcomes:
-                    writer.start(outcomes, self.clock())
-                    outcomes = []
-                    if len(writer.writing) == len(inflight):
-                        continue  # nothing else runs: claim beside the write
-                if not inflight:
-                    with self._lock:
-                        if done.empty():
-                            self._loops.remove(done)
-                            return counts
-                    exhausted = budget == 0
-                    while not done.empty():
-                        done.get_nowait()  # wake-ups only: nothing is in flight
-                    continue
-
-                # 3. heartbeat (after the write in progress: it clears leases)
-                if time.monotonic() >= next_heartbeat:
-                    self._settle(writer, inflight, counts, pending)
-                    self._heartbeat(inflight)
-                    next_heartbeat = time.monotonic() + heartbeat_every
-
-                # 4. wait for outcomes, a deadline, a heartbeat or a wake-up
-                now_m = time.monotonic()
-                waits = [next_heartbeat - now_m, 1.0]
-                waits.extend(
-                    item.deadline - now_m for item in inflight.values()
-                    if item.deadline is not None and item.state == _RUNNING
-                )
-                if keep_polling and exhausted and budget != 0:
-                    waits.append(last_claim + settings.poll_interval - now_m)
-                if self._stopping.is_set():
-                    waits.append(self._stop_deadline - now_m)
-                outcomes = list(pending)
-                pending.clear()
-                try:
-                    got = done.get(timeout=max(0.0, min(waits)))
-                    while True:
-                        if got is _WAKE:
-                            exhausted = budget == 0
-                        else:
-                            outcomes.append(got[1])
-                        got = done.get_nowait()
-                except queue.Empty:
-                    pass
-
-                # 5. attempts past their timeout fail now
-                now_m = time.monotonic()
-                for item in inflight.values():
-                    if item.deadline is not None and now_m >= item.deadline:
-                        with item.lock:
-                            if item.state != _RUNNING:
-                                continue
-                            item.state = _ABANDONED
-                        self.pool.replace(item)
-                        message = (
-                            f"JobTimeout: attempt {item.row.attempts} timed out after"
-                            f" {item.spec.timeout:g} s (the handler's timeout)"
-                        )
-                        log.warning("job %s (%s) timed out", item.row.id, item.row.job_type)
-                        outcomes.append(self._failure(item, message))
-
-                # 6. polling for new work while jobs run
-                if keep_polling and exhausted and budget != 0 and (
-                    time.monotonic() - last_claim >= settings.poll_interval
-                ):
-                    exhausted = False
-
-                # 7. shutdown: give back what did not finish in time
-                if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
-                    self._settle(writer, inflight, counts, pending)
-                    self._release(inflight, done, counts, [*pending, *outcomes], writer)
-                    with self._lock:
-                        self._loops.remove(done)
-                    return counts
-        except BaseException:
+    def release_lost_claims(self) -> None:
+        """Give back the jobs of claims whose answer was lost with the
+        connection, the attempt not counted, instead of leaving them running
+        until their lease expires (when ``on_orphan="dead"`` would end them)."""
+        while self._lost_claims:
+            token = self._lost_claims[0]
+            table = self.store.table
+            with self.store.transaction() as conn:
+                ids = conn.execute(
+                    sa.select(table.c.id).where(table.c.status == RUNNING_STATUS,
+                                                table.c.lease_token == token)
+                ).scalars().all()
+            released = self.store.release([(job_id, token) for job_id in ids], self.clock())
+            if released:
+                log.warning("released %d jobs claimed by a statement whose answer was lost"
+                            " with its connection; they are due again", released)
             with self._lock:
-                if done in self._loops:
-                    self._loops.remove(done)
-            # Jobs still in flight keep running on their threads; their
-            # leases lapse and the sweep recovers them if nobody writes them.
-            raise
+                if token in self._lost_claims:
+                    self._lost_claims.remove(token)
 
-    def _settle(
-        self,
-        writer: Writer,
-        inflight: dict[int, WorkItem],
-        counts: Counts,
-        pending: list[Finish],
-    ) -> None:
-        """Take the writer's write in flight, if any: count what it wrote,
-        signal and complete batches; keep what failed to write for a retry."""
-        taken = writer.take()
-        if taken is None:
-            return
-        outcomes, future = taken
-        try:
-            written = future.result()
-        except Exception:
-            log.exception("writing %d job outcomes failed; will retry", len(outcomes))
-            pending.extend(outcomes)
-            time.sleep(0.2)
-            return
-        kept = []
+    def renew(self, held: list[tuple[int, str]]) -> set[int]:
+        """Extend the leases of ``held`` (id, token) pairs; the ids still held."""
+        return self.store.renew(held, self.clock() + timedelta(seconds=self.settings.lease_seconds))
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def retire(self, done: queue.SimpleQueue[t.Any]) -> bool:
+        """End the run reporting to ``done`` unless a wake-up came in: ``True``
+        when it is forgotten (a later :meth:`wake` starts a new run)."""
+        with self._lock:
+            if not done.empty():
+                return False
+            self._forget(done)
+            return True
+
+    def _forget(self, done: queue.SimpleQueue[t.Any]) -> None:
+        if done in self._runs:
+            self._runs.remove(done)
+
+    # -- after a write: log, signals, batches --------------------------------
+
+    def written(self, outcomes: list[Finish]) -> None:
+        """Outcomes the database took: a line for each dead job, the signals,
+        and the batches those jobs ended."""
         for outcome in outcomes:
-            item = inflight.get(outcome.id)
-            # a retry may be claimed again before its write is settled here:
-            # that new claim stays in flight
-            if item is not None and item.row.token == outcome.token:
-                del inflight[outcome.id]
-            if outcome.id not in written:
-                log.warning(
-                    "job %s: lease lost before its outcome (%s) was written; discarded",
-                    outcome.id, outcome.status,
-                )
-                continue
-            counts[_COUNT_KEYS[outcome.status]] += 1
-            kept.append(outcome)
-        if kept and _outcome_receivers():
+            if outcome.status == DEAD:
+                # the reason's kind only, as for a failed attempt: the text
+                # may carry what the payload did
+                reason = (outcome.error or "").split(":", 1)[0] or "no error"
+                log.warning("job %s (%s) is dead after attempt %s: %s",
+                            outcome.id, outcome.job_type, outcome.attempt, reason)
+        if outcomes and _outcome_receivers():
             with self.app.app_context():
-                for outcome in kept:
-                    _send_outcome(self.app, outcome)
-        self._batches_ended(o.batch_id for o in kept if o.batch_id and o.status != RETRYING)
+                for outcome in outcomes:
+                    self._send_outcome(outcome)
+        self.batches_ended(o.batch_id for o in outcomes if o.status != RETRYING)
 
-    def _batches_ended(self, batch_ids: t.Iterable[str | None]) -> None:
+    def _send_outcome(self, o: Finish) -> None:
+        common = {"job_id": o.id, "job_type": o.job_type, "attempt": o.attempt,
+                  "duration": o.duration}
+        if o.status == SUCCEEDED:
+            signals.send(signals.job_succeeded, self.app, result=o.value, **common)
+        elif o.status == RETRYING:
+            signals.send(signals.job_retried, self.app, error=o.error, run_at=o.run_at,
+                         **common)
+        elif signals.job_dead.has_receivers_for(self.app):
+            signals.send(signals.job_dead, self.app, error=o.error, job=self._job(o.id),
+                         **common)
+
+    def _job(self, job_id: int) -> Job | None:
+        """The job as written, for receivers of ``job_dead`` (a dead job is
+        rare enough for one read each)."""
+        try:
+            return self.store.get(job_id)
+        except Exception as exc:  # the outcome is written; only the signal's job is missing
+            log.warning("job %s: reading it for the job_dead signal failed: %s",
+                        job_id, faults.summary(exc))
+            return None
+
+    def batches_ended(self, batch_ids: t.Iterable[str | None]) -> None:
         ended = {batch_id for batch_id in batch_ids if batch_id}
         if not ended or self.on_batch_ended is None:
             return
@@ -618,61 +394,47 @@ class Runner:
         except Exception:  # the jobs are written; the next ending job retries this
             log.exception("completing batches %s failed", sorted(ended))
 
-    def _heartbeat(self, inflight: dict[int, WorkItem]) -> None:
-        held = [(item.row.id, item.row.token) for item in inflight.values()]
-        if not held:
-            return
-        now = self.clock()
-        try:
-            kept = self.store.renew(held, now + timedelta(seconds=self.settings.lease_seconds))
-        except Exception:
-            log.exception("renewing %d leases failed; will retry", len(held))
-            return
-        for job_id, _token in held:
-            if job_id not in kept:
-                log.warning("job %s: lease lost (another worker may run it)", job_id)
-
-    def _release(
-        self,
-        inflight: dict[int, WorkItem],
-        done: queue.SimpleQueue[t.Any],
-        counts: Counts,
-        pending: list[Finish],
-        writer: Writer,
-    ) -> None:
-        finished = [got[1] for got in _drain(done) if got is not _WAKE]
-        if finished or pending:
-            writer.start([*pending, *finished], self.clock())
-            self._settle(writer, inflight, counts, [])
-        held = []
-        for item in inflight.values():
-            with item.lock:
-                if item.state in (_QUEUED, _RUNNING):
-                    item.state = _ABANDONED
-                    held.append((item.row.id, item.row.token))
-        try:
-            released = self.store.release(held, self.clock())
-        except Exception:
-            log.exception("releasing %d jobs at shutdown failed; the sweep will", len(held))
-            return
-        if released:
-            log.warning("released %d unfinished jobs at shutdown; they are due again", released)
-        inflight.clear()
-
     # -- control ------------------------------------------------------------
+
+    def run(self, limit: int | None = None, *, keep_polling: bool = False) -> Counts:
+        """Claim and run due jobs until nothing is due (and nothing in flight).
+
+        ``limit`` caps how many jobs are claimed in all. With ``keep_polling``
+        (the scheduler's tick), the run also looks for newly due jobs every
+        poll interval while earlier ones are still running. The run keeps one
+        database connection for its claims and writes.
+        """
+        run = Run(self, limit, keep_polling)
+        with self._lock:
+            self._runs.append(run.done)
+        try:
+            return run.loop()
+        finally:
+            with self._lock:
+                self._forget(run.done)
+            # Jobs still in flight after an unexpected error keep running on
+            # their threads; their leases lapse and the sweep recovers them.
+            run.close()
 
     def wake(self) -> None:
         """New work is due now: tell a running loop, or kick the scheduler."""
         with self._lock:
-            if self._loops:
-                for done in self._loops:
-                    done.put(_WAKE)
+            if self._runs:
+                for done in self._runs:
+                    done.put(WAKE)
                 return
         if self.on_idle_wake is not None:
             self.on_idle_wake()
 
     def sweep(self) -> list[tuple[t.Any, ...]]:
-        recovered = self.store.sweep(self.clock())
+        try:
+            recovered = self.store.sweep(self.clock())
+        except Exception as exc:
+            if not faults.lost_connection(exc):
+                raise
+            # the connection died under the statement (the store has dropped
+            # it): once more, on another
+            recovered = self.store.sweep(self.clock())
         for job_id, job_type, status, _batch in recovered:
             log.warning("job %s (%s): lease expired; now %s", job_id, job_type, status)
         if recovered and signals.job_rescued.receivers:
@@ -680,19 +442,19 @@ class Runner:
                 for job_id, job_type, status, _batch in recovered:
                     signals.send(signals.job_rescued, self.app, job_id=job_id,
                                  job_type=job_type, status=status)
-        self._batches_ended(batch for _i, _t, status, batch in recovered if status == DEAD)
+        self.batches_ended(batch for _i, _t, status, batch in recovered if status == DEAD)
         return recovered
 
     def begin_shutdown(self, timeout: float) -> None:
         """Stop claiming; loops release what is unfinished after ``timeout``."""
-        self._stop_deadline = time.monotonic() + timeout
+        self.stop_deadline = time.monotonic() + timeout
         self._stopping.set()
         self.wake()
 
     @property
     def busy(self) -> bool:
         with self._lock:
-            return bool(self._loops)
+            return bool(self._runs)
 
     def close(self) -> None:
         if not self._closed:
@@ -700,32 +462,8 @@ class Runner:
             self.pool.close(self.settings.concurrency)
 
 
-_COUNT_KEYS = {SUCCEEDED: "succeeded", RETRYING: "retried", DEAD: "dead"}
-
-
 def _outcome_receivers() -> bool:
     return bool(
         signals.job_succeeded.receivers or signals.job_retried.receivers
         or signals.job_dead.receivers
     )
-
-
-def _send_outcome(app: Flask, o: Finish) -> None:
-    common = {"job_id": o.id, "job_type": o.job_type, "attempt": o.attempt,
-              "duration": o.duration}
-    if o.status == SUCCEEDED:
-        signals.send(signals.job_succeeded, app, result=o.value, **common)
-    elif o.status == RETRYING:
-        signals.send(signals.job_retried, app, error=o.error, run_at=o.run_at, **common)
-    else:
-        signals.send(signals.job_dead, app, error=o.error, **common)
-
-
-def _drain(done: queue.SimpleQueue[t.Any]) -> list[t.Any]:
-    out = []
-    while True:
-        try:
-            out.append(done.get_nowait())
-        except queue.Empty:
-            return out
-

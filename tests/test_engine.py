@@ -437,7 +437,7 @@ def test_a_timeout_inside_a_chunk_hands_the_rest_to_the_replacement_thread(
     jobs.enqueue_many("quick", [{"n": n} for n in range(20)])
     assert jobs.process_due()["succeeded"] == 20  # quick on average: chunks from now on
     state = app.extensions["durable_jobs"]
-    assert state.runner._chunk(10) == 10  # one thread: the whole batch is one chunk
+    assert state.runner.chunk(10) == 10  # one thread: the whole batch is one chunk
 
     stuck = jobs.enqueue("slow", {})
     behind = [jobs.enqueue("quick", {"n": n}) for n in range(5)]

@@ -457,3 +457,25 @@ def test_a_process_without_a_key_leaves_secret_jobs_waiting(
     assert jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
     assert jobs.drain()["succeeded"] == 1
     assert got == [{}, {"github_token": TOKEN}]
+
+
+def test_current_secrets_is_seen_by_its_own_thread_only_and_restored_after() -> None:
+    """``vault.current_secrets`` (what the runner wraps a handler in) sets what
+    ``job_secrets()`` returns on the calling thread, restores the outer value
+    when the block ends, also when it raises, and never shows it elsewhere."""
+    import threading
+
+    from flask_durable_jobs import vault
+
+    other: list[dict[str, t.Any]] = []
+    with vault.current_secrets({"a": "1"}):
+        assert job_secrets() == {"a": "1"}
+        thread = threading.Thread(target=lambda: other.append(job_secrets()))
+        thread.start()
+        thread.join()
+        with pytest.raises(RuntimeError), vault.current_secrets({"b": "2"}):
+            assert job_secrets() == {"b": "2"}
+            raise RuntimeError("the handler failed")
+        assert job_secrets() == {"a": "1"}
+    assert job_secrets() == {}
+    assert other == [{}]
