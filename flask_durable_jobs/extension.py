@@ -17,6 +17,7 @@ from . import config as config_module
 from . import handlers as handlers_module
 from . import payload as payload_json
 from . import periodic as periodic_module
+from .clock import DatabaseClock
 from .errors import ConfigError
 from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
@@ -154,8 +155,10 @@ class State:
         self.db = db
         self.settings = settings
         self.table = table
-        #: The clock every timestamp comes from; tests may replace it.
+        #: This process's UTC clock; tests move it (testing.move_time).
         self.clock: t.Callable[[], dt.datetime] = utcnow
+        #: The offset from it to the database's clock, which judges leases and due times.
+        self.db_clock = DatabaseClock(lambda: self.store.engine)
         self.start_policy = ""
         self._lock = threading.RLock()
         self._app_engine: sa.Engine | None = None
@@ -169,7 +172,8 @@ class State:
         )
 
     def now(self) -> dt.datetime:
-        return self.clock()
+        """The time every timestamp is written and compared at: the database's."""
+        return self.clock() + self.db_clock.offset()
 
     @property
     def app_engine(self) -> sa.Engine:
