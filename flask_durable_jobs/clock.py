@@ -1,4 +1,4 @@
-"""The database's clock, as every timestamp the library writes or compares.
+"""The clock every timestamp is written and compared by: the database's.
 
 Hosts that share one PostgreSQL server rarely agree on the time to the
 second, and a host whose clock runs ahead would see the leases of the others
@@ -11,15 +11,19 @@ own time. Queue statements keep taking their timestamps as parameters, so
 
 The offset is measured when the process first needs the time, then again
 every :data:`REFRESH_SECONDS`, and at once when the local clock is stepped
-(set by hand, or by NTP after a suspend). A measurement that fails keeps the
-last offset and is tried again after :data:`RETRY_SECONDS`. SQLite is one
-host: its process's own clock serves, unmeasured.
+(set by hand, or by NTP after a suspend). Until the first measurement
+succeeds, asking for the time raises the database's error; after it, a
+measurement that fails keeps the last offset and is tried again after
+:data:`RETRY_SECONDS`. SQLite is one host: its process's own clock serves,
+unmeasured.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import threading
 import time
 import typing as t
 
@@ -68,51 +72,69 @@ class DatabaseClock:
     """The offset to add to this process's UTC time to read the database's clock.
 
     ``engine`` returns the library's engine when the offset is first needed
-    (the engine is made on first use too). :meth:`offset` never raises for a
-    measurement: a database that does not answer leaves the last offset in
-    use, which the caller's own statement will then report.
+    (the engine is made on first use too). Until a first measurement
+    succeeds, :meth:`offset` raises what the database raised: judging a
+    lease by an unmeasured clock is the mistake this class prevents. After
+    it, a failed measurement keeps the last offset, and the caller's own
+    statement reports the database's trouble.
     """
 
     def __init__(self, engine: t.Callable[[], sa.Engine]) -> None:
         self._engine = engine
         self._offset = ZERO
         self._local = False  # SQLite: the process's own clock, never measured
+        self._measured = False
         self._due = 0.0  # time.monotonic() of the next measurement
         self._wall_minus_mono = 0.0  # at the last measurement
         self._failing = False
         self._logged = ZERO
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def offset(self) -> dt.timedelta:
         """The current offset, measured first if it is due or the local clock stepped."""
         if self._local:
             return ZERO
-        mono = time.monotonic()
-        if mono >= self._due or abs(time.time() - mono - self._wall_minus_mono) > STEP_SECONDS:
-            self.refresh()
+        if self._stale():
+            if self._pid != os.getpid():  # a fork copies the lock, held or not
+                self._lock, self._pid = threading.Lock(), os.getpid()
+            # The first time every caller waits for the measurement; after
+            # it, the last offset serves while one thread measures again.
+            if self._lock.acquire(blocking=not self._measured):
+                try:
+                    if self._stale():
+                        self.refresh()
+                finally:
+                    self._lock.release()
         return self._offset
 
+    def _stale(self) -> bool:
+        if not self._measured:
+            return True
+        mono = time.monotonic()
+        return mono >= self._due or abs(time.time() - mono - self._wall_minus_mono) > STEP_SECONDS
+
     def refresh(self) -> None:
-        """Measure the offset now (PostgreSQL); keep the last one if that fails."""
+        """Measure the offset now (on PostgreSQL)."""
         engine = self._engine()
         if engine.dialect.name != "postgresql":
             self._local = True
             return
-        # Other threads asking meanwhile use the last offset instead of
-        # measuring too: the next measurement is pushed out before this one.
         mono = time.monotonic()
-        self._due = mono + RETRY_SECONDS
         self._wall_minus_mono = time.time() - mono
         try:
             offset = measure_offset(engine)
-        except Exception as exc:  # whatever failed, the caller's own statement reports it
+        except Exception as exc:  # whatever it was, the caller's next statement meets it too
+            self._due = mono + RETRY_SECONDS
+            if not self._measured:
+                raise
             if not self._failing:
                 log.warning("could not read the database's clock (%s: %s); keeping the last"
                             " offset (%+.3f s)", type(exc).__name__, exc,
                             self._offset.total_seconds())
             self._failing = True
             return
-        self._failing = False
-        self._offset = offset
+        self._offset, self._measured, self._failing = offset, True, False
         self._due = time.monotonic() + REFRESH_SECONDS
         if abs(offset - self._logged).total_seconds() >= WARN_SECONDS:
             self._logged = offset
