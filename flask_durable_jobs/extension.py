@@ -17,6 +17,7 @@ from . import config as config_module
 from . import enqueue as enqueue_module
 from . import handlers as handlers_module
 from . import periodic as periodic_module
+from .clock import DatabaseClock
 from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
 from .models import Batch, Job, as_utc, define_batch_table, define_table, utcnow
@@ -79,9 +80,11 @@ class State:
         self.db = db
         self.settings = settings
         self.table = table
-        #: The clock every timestamp comes from; tests may replace it.
+        #: This process's UTC clock; tests move it (testing.move_time).
         self.clock: t.Callable[[], dt.datetime] = utcnow
         self._clock_offset = dt.timedelta()
+        #: The offset from it to the database's clock, which judges leases and due times.
+        self.db_clock = DatabaseClock(lambda: self.store.engine)
         self.start_policy = ""
         self._lock = threading.RLock()
         self._app_engine: sa.Engine | None = None
@@ -95,7 +98,8 @@ class State:
         )
 
     def now(self) -> dt.datetime:
-        return self.clock()
+        """The time every timestamp is written and compared at: the database's."""
+        return self.clock() + self.db_clock.offset()
 
     @property
     def clock_offset(self) -> dt.timedelta:
