@@ -29,6 +29,7 @@ import typing as t
 
 import sqlalchemy as sa
 
+from . import sql
 from .models import utcnow
 
 log = logging.getLogger("flask_durable_jobs")
@@ -57,10 +58,11 @@ def measure_offset(engine: sa.Engine, samples: int = SAMPLES) -> dt.timedelta:
     midpoint, or zero when the clocks agree as closely as can be measured.
     """
     readings = []
+    query = sql.load("postgresql")["server_clock"]
     with engine.connect() as conn:
         for _ in range(max(1, samples)):
             before = utcnow()
-            server = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+            server = conn.exec_driver_sql(query).scalar_one()
             readings.append((utcnow() - before, before, server))
     round_trip, before, server = min(readings, key=lambda reading: reading[0])
     half = round_trip / 2

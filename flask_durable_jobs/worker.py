@@ -31,15 +31,12 @@ import typing as t
 import uuid
 from datetime import timedelta
 
-import sqlalchemy as sa
-
 from . import faults, signals, vault
 from . import payload as payload_json
 from .errors import Discard
 from .handlers import HandlerSpec
 from .loop import WAKE, Counts, Run, empty_counts
 from .models import DEAD, RETRYING, SUCCEEDED
-from .models import RUNNING as RUNNING_STATUS
 from .pool import ABANDONED, DONE, QUEUED, RUNNING, HandlerPool, WorkItem
 from .retry import Backoff, delay_for
 from .store import Finish
@@ -310,12 +307,7 @@ class Runner:
         until their lease expires (when ``on_orphan="dead"`` would end them)."""
         while self._lost_claims:
             token = self._lost_claims[0]
-            table = self.store.table
-            with self.store.transaction() as conn:
-                ids = conn.execute(
-                    sa.select(table.c.id).where(table.c.status == RUNNING_STATUS,
-                                                table.c.lease_token == token)
-                ).scalars().all()
+            ids = self.store.held_by(token)
             released = self.store.release([(job_id, token) for job_id in ids], self.clock())
             if released:
                 log.warning("released %d jobs claimed by a statement whose answer was lost"

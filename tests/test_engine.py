@@ -15,6 +15,7 @@ from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import Discard, DurableJobs, InvalidTransition, JobNotFound
+from flask_durable_jobs.testing import move_time
 from tests.helpers import another_app
 
 UTC = dt.timezone.utc
@@ -763,9 +764,10 @@ def test_stats(app: Flask, jobs: DurableJobs) -> None:
     jobs.enqueue_many("a", [{}] * 3)
     jobs.enqueue("b", {})
     jobs.enqueue("a", {}, delay=3600)
+    move_time(seconds=30)  # the four due jobs have waited 30 s; the delayed one is not due
     empty = jobs.stats()
     assert empty["by_status"]["pending"] == 5
-    assert empty["oldest_due_age_seconds"] is not None and empty["oldest_due_age_seconds"] >= 0
+    assert 30 <= empty["oldest_due_age_seconds"] < 40
     jobs.drain()
     stats = jobs.stats()
     assert set(stats["by_status"]) == {"pending", "running", "retrying", "succeeded", "dead",

@@ -147,6 +147,12 @@ VALUES (:key, :cron, :timezone, :last_fire_at, :updated_at)
 ON CONFLICT (key) DO NOTHING
 
 
+-- name: server_clock
+-- The server's clock as it reads now, not at the start of the transaction
+-- (flask_durable_jobs.clock measures each process's offset to it).
+SELECT clock_timestamp()
+
+
 -- name: listen
 -- Wake-ups (the insert trigger's NOTIFY). A shortcut only: polling stays the
 -- correctness path, and PgBouncer in transaction mode drops LISTEN.

@@ -616,6 +616,16 @@ class Store(abc.ABC):
             ).rowcount
         return bool(count)
 
+    def held_by(self, token: str) -> list[int]:
+        """The ids of the running jobs whose lease is ``token``'s (a claim's
+        answer lost with its connection may still have marked them)."""
+        c = self.table.c
+        with self.transaction() as conn:
+            ids = conn.execute(
+                sa.select(c.id).where(c.status == RUNNING, c.lease_token == token)
+            ).scalars().all()
+        return list(ids)
+
     # -- wake-ups ---------------------------------------------------------
 
     @abc.abstractmethod
