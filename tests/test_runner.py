@@ -133,11 +133,6 @@ def test_the_job_dead_signal_carries_the_job_as_written(app: Flask, jobs: Durabl
     assert carried.finished_at is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store's finish writes last_error = NULL on success; keeping it needs"
-           " last_error = COALESCE(<new error>, last_error) there (no new column)",
-)
 def test_a_job_recovered_from_a_dead_process_keeps_a_trace_of_it(
     app: Flask, jobs: DurableJobs
 ) -> None:

@@ -71,7 +71,7 @@ RETURNING j.id, j.job_type, j.payload::text, j.attempts, j.max_attempts,
 -- returns the ids written. A job that ended (not retrying) drops its secrets
 -- and, with a callback URL, has its callback due now.
 UPDATE durable_jobs AS j
-SET status = v.status, result = v.result::jsonb, last_error = v.error,
+SET status = v.status, result = v.result::jsonb, last_error = COALESCE(v.error, j.last_error),
     run_at = COALESCE(v.run_at, j.run_at),
     finished_at = CASE WHEN v.status = {RETRYING} THEN NULL ELSE :now END,
     updated_at = :now, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,

@@ -66,7 +66,7 @@ RETURNING id, job_type, payload, attempts, max_attempts, secrets, batch_id,
 -- written. A job that ended (not retrying) drops its secrets and, with a
 -- callback URL, has its callback due now.
 UPDATE durable_jobs
-SET status = :status, result = :result, last_error = :error,
+SET status = :status, result = :result, last_error = COALESCE(:error, last_error),
     run_at = COALESCE(:run_at, run_at),
     finished_at = CASE WHEN :status = {RETRYING} THEN NULL ELSE :now END,
     updated_at = :now, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
