@@ -271,11 +271,14 @@ def _grant() -> tuple[str, bool]:
             headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'},
         )
     if configured and authorizer is None:
-        raise ApiError(
-            401,
-            "this request has no 'Authorization: Bearer <token>' header",
-            headers={"WWW-Authenticate": _CHALLENGE},
+        scheme = request.headers.get("Authorization", "").strip().partition(" ")[0]
+        message = (
+            # a shell variable that was never set leaves "Bearer " with nothing after it
+            "the 'Authorization: Bearer' header holds an empty token"
+            if scheme.lower() == "bearer"
+            else "this request has no 'Authorization: Bearer <token>' header"
         )
+        raise ApiError(401, message, headers={"WWW-Authenticate": _CHALLENGE})
     raise ApiError(403, "the admin authorizer refused this request")
 
 

@@ -867,3 +867,21 @@ def test_openapi_schemas_match_responses(api: t.Any, jobs: DurableJobs, db: SQLA
     check("get", "/openapi.json", api.get(f"{PREFIX}/openapi.json"))
     check("delete", "/{job_id}", api.delete(f"{PREFIX}/{dead}"))
     check("delete", "/{job_id}", api.delete(f"{PREFIX}/{dead}"))
+
+
+@pytest.mark.config(DURABLE_JOBS_ADMIN_TOKEN=TOKEN)
+@pytest.mark.parametrize(
+    ("authorization", "says"),
+    [
+        ("Bearer ", "holds an empty token"),  # curl -H "Authorization: Bearer $UNSET"
+        ("Bearer    ", "holds an empty token"),
+        (None, "has no 'Authorization: Bearer <token>' header"),
+        ("Basic abc", "has no 'Authorization: Bearer <token>' header"),
+    ],
+)
+def test_a_missing_token_is_told_from_an_empty_one(
+    client: t.Any, authorization: str | None, says: str
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    message = assert_error(client.get(f"{PREFIX}/stats", headers=headers), 401, "unauthorized")
+    assert says in message
