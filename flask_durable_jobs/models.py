@@ -281,6 +281,8 @@ class Job:
     callback_status: str | None = None
     callback_attempts: int = 0
     callback_error: str | None = None
+    #: The process running the job (host:pid:...), while it is ``running``.
+    worker_id: str | None = None
 
     def to_dict(self) -> dict[str, t.Any]:
         """A JSON-ready dict; datetimes as ISO 8601 strings."""

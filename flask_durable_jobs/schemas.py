@@ -279,6 +279,10 @@ class _JobFields(BaseModel):
     callback_status: str | None
     callback_attempts: Count
     callback_error: str | None
+    worker_id: str | None = Field(
+        description="The process running the job (host, pid and a run id) while it is"
+        " running; null otherwise."
+    )
 
 
 class Job(_JobFields):

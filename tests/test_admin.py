@@ -885,3 +885,19 @@ def test_a_missing_token_is_told_from_an_empty_one(
     headers = {} if authorization is None else {"Authorization": authorization}
     message = assert_error(client.get(f"{PREFIX}/stats", headers=headers), 401, "unauthorized")
     assert says in message
+
+
+def test_a_running_job_names_its_worker(api: t.Any, app: Flask, jobs: DurableJobs) -> None:
+    first = jobs.enqueue("t.ok", {"n": 1})
+    second = jobs.enqueue("t.ok", {"n": 2})
+    state = app.extensions["durable_jobs"]
+    now = state.now()
+    (claimed,) = state.store.claim(
+        job_types=["t.ok"], queues=None, limit=1, now=now,
+        lease_until=now + dt.timedelta(seconds=60), token="w" * 32, worker_id="host-a:123:r1",
+    )
+    assert claimed.id == first.id  # first in line
+    listed = {item["id"]: item for item in api.get(PREFIX).get_json()["items"]}
+    assert listed[first.id]["worker_id"] == "host-a:123:r1"
+    assert listed[second.id]["worker_id"] is None
+    assert api.get(f"{PREFIX}/{first.id}").get_json()["worker_id"] == "host-a:123:r1"
