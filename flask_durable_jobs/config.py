@@ -39,6 +39,11 @@ DEFAULTS: dict[str, t.Any] = {
     "CALLBACK_TIMEOUT": (3.0, 10.0),  # seconds: connect, read
     "METRICS": False,  # True (prometheus_client's REGISTRY) or a CollectorRegistry
     "MAX_PAYLOAD_BYTES": 1024 * 1024,  # largest payload accepted at enqueue (its JSON text)
+    # health: unhealthy past any of these
+    "HEALTH_MAX_EXPIRED_LEASES": 0,  # leases expired longer than the grace below
+    "HEALTH_EXPIRED_LEASE_GRACE": None,  # seconds; None: two sweep intervals
+    "HEALTH_MAX_UNWRITTEN": 0,  # outcomes kept because the database did not answer
+    "HEALTH_DATABASE_TIMEOUT": 2.0,  # seconds the database has to answer a probe
 }
 
 PREFIX = "DURABLE_JOBS_"
@@ -70,6 +75,10 @@ class Settings:
     callback_timeout: tuple[float, float] = (3.0, 10.0)
     metrics: t.Any = False  # False, True or a prometheus_client CollectorRegistry
     max_payload_bytes: int = DEFAULTS["MAX_PAYLOAD_BYTES"]
+    health_max_expired_leases: int = 0
+    health_expired_lease_grace: float = 60.0
+    health_max_unwritten: int = 0
+    health_database_timeout: float = 2.0
 
 
 def _number(key: str, value: t.Any, *, minimum: float, strict: bool) -> float:
@@ -191,10 +200,18 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     if jitter >= 1:
         raise ConfigError(f"{PREFIX}BACKOFF_JITTER must be below 1, got {jitter!r}")
 
+    sweep_interval = _number("SWEEP_INTERVAL", get("SWEEP_INTERVAL"), minimum=0, strict=True)
+    grace = get("HEALTH_EXPIRED_LEASE_GRACE")
+    # The sweep recovers an expired lease within one interval (of whichever
+    # process runs it next); one more interval is the margin for a slow tick.
+    grace = 2 * sweep_interval if grace is None else _number(
+        "HEALTH_EXPIRED_LEASE_GRACE", grace, minimum=0, strict=False
+    )
+
     return Settings(
         scheduler=scheduler,
         poll_interval=_number("POLL_INTERVAL", get("POLL_INTERVAL"), minimum=0, strict=True),
-        sweep_interval=_number("SWEEP_INTERVAL", get("SWEEP_INTERVAL"), minimum=0, strict=True),
+        sweep_interval=sweep_interval,
         lease_seconds=_number("LEASE_SECONDS", get("LEASE_SECONDS"), minimum=0, strict=True),
         concurrency=_integer("CONCURRENCY", get("CONCURRENCY"), minimum=1),
         batch_size=_integer("BATCH_SIZE", get("BATCH_SIZE"), minimum=1),
@@ -220,6 +237,16 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         callback_timeout=_timeout(get("CALLBACK_TIMEOUT")),
         metrics=_metrics(get("METRICS")),
         max_payload_bytes=_integer("MAX_PAYLOAD_BYTES", get("MAX_PAYLOAD_BYTES"), minimum=1),
+        health_max_expired_leases=_integer(
+            "HEALTH_MAX_EXPIRED_LEASES", get("HEALTH_MAX_EXPIRED_LEASES"), minimum=0
+        ),
+        health_expired_lease_grace=grace,
+        health_max_unwritten=_integer(
+            "HEALTH_MAX_UNWRITTEN", get("HEALTH_MAX_UNWRITTEN"), minimum=0
+        ),
+        health_database_timeout=_number(
+            "HEALTH_DATABASE_TIMEOUT", get("HEALTH_DATABASE_TIMEOUT"), minimum=0, strict=True
+        ),
     )
 
 

@@ -338,6 +338,13 @@ class Run:
 
     # -- faults -----------------------------------------------------------------
 
+    def unwritten_count(self) -> int:
+        """Outcomes kept because the database did not answer (read from
+        other threads: each length is read once, a moment's view)."""
+        if not self.outage.active:
+            return 0
+        return len(self.unwritten) + len(self.writer.writing)
+
     def failed(self, what: str, exc: BaseException) -> bool:
         """A statement of this run failed: ``True`` when it is worth trying
         again once :attr:`outage` allows (the run keeps what it holds)."""

@@ -342,9 +342,28 @@ class Stats(BaseModel):
     )
 
 
+class DatabaseAnswer(BaseModel):
+    """Whether the database answered the health probe in time."""
+
+    ok: bool
+    error: str | None = Field(
+        description="Why not, in one line (the exception's type and first line); null when"
+        " it answered."
+    )
+
+
+class SilentWorker(BaseModel):
+    """A process whose every running job's lease has expired: nothing renews them."""
+
+    worker_id: str = Field(description="host:pid:suffix, as the jobs' worker_id holds it.")
+    lease_expired_seconds: float = Field(
+        ge=0, description="Seconds since its newest lease ended."
+    )
+
+
 class Health(BaseModel):
-    """The answering process: whether its scheduler is alive, and the due backlog of
-    the whole database."""
+    """The answering process: whether its scheduler is alive, whether the database
+    answers, and the due backlog and expired leases of the whole database."""
 
     healthy: bool
     problems: list[str] = Field(description="Why the process is unhealthy; empty when healthy.")
@@ -369,6 +388,36 @@ class Health(BaseModel):
     oldest_due_age_seconds: float | None = Field(
         description="Age of the longest-waiting due job; null when none is due or the"
         " database could not be read."
+    )
+    database: DatabaseAnswer = Field(
+        description="Whether the database answered within DURABLE_JOBS_HEALTH_DATABASE_TIMEOUT;"
+        " when it did not, the fields read from it are null."
+    )
+    expired_leases: Count | None = Field(
+        description="Running jobs whose lease has expired (their process died, froze or"
+        " was cut off), from every process; null when the database could not be read."
+    )
+    stale_expired_leases: Count | None = Field(
+        description="Of those, the ones expired for longer than"
+        " expired_lease_grace_seconds: the sweep should have recovered them. More than"
+        " DURABLE_JOBS_HEALTH_MAX_EXPIRED_LEASES is unhealthy."
+    )
+    oldest_expired_lease_age_seconds: float | None = Field(
+        description="Seconds since the oldest expired lease ended; null when none has"
+        " expired or the database could not be read."
+    )
+    expired_lease_grace_seconds: float = Field(
+        ge=0, description="DURABLE_JOBS_HEALTH_EXPIRED_LEASE_GRACE (default: two sweep"
+        " intervals)."
+    )
+    silent_workers: list[SilentWorker] | None = Field(
+        description="Processes not seen within their lease: every running job they hold"
+        " has an expired lease. Null when the database could not be read."
+    )
+    unwritten_outcomes: Count = Field(
+        description="Finished jobs whose outcome this process keeps because the database"
+        " did not take it; written once it answers. More than"
+        " DURABLE_JOBS_HEALTH_MAX_UNWRITTEN is unhealthy."
     )
     checked_at: Timestamp
 

@@ -115,6 +115,8 @@ class Runner:
         self.messages = faults.RateLimitedLog()
         self._lock = threading.Lock()
         self._runs: list[queue.SimpleQueue[t.Any]] = []
+        #: the runs going on now, for :meth:`unwritten_outcomes`
+        self._open_runs: list[Run] = []
         #: tokens of claims that may have been committed without an answer
         self._lost_claims: list[str] = []
         self._stopping = threading.Event()
@@ -399,11 +401,13 @@ class Runner:
         run = Run(self, limit, keep_polling)
         with self._lock:
             self._runs.append(run.done)
+            self._open_runs.append(run)
         try:
             return run.loop()
         finally:
             with self._lock:
                 self._forget(run.done)
+                self._open_runs.remove(run)
             # Jobs still in flight after an unexpected error keep running on
             # their threads; their leases lapse and the sweep recovers them.
             run.close()
@@ -442,6 +446,17 @@ class Runner:
         self.stop_deadline = time.monotonic() + timeout
         self._stopping.set()
         self.wake()
+
+    def unwritten_outcomes(self) -> int:
+        """Finished jobs whose outcome this process keeps because the
+        database did not take it: they are written once it answers again
+        (the health report's ``unwritten_outcomes``).
+
+        Outcomes on their way in a run that meets no failure are not counted:
+        they wait for one write, not for the database.
+        """
+        with self._lock:
+            return sum(run.unwritten_count() for run in self._open_runs)
 
     @property
     def busy(self) -> bool:

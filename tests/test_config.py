@@ -26,6 +26,20 @@ def test_payload_size_limit() -> None:
     assert load({"DURABLE_JOBS_MAX_PAYLOAD_BYTES": 4096}).max_payload_bytes == 4096
 
 
+def test_health_thresholds() -> None:
+    s = load({})
+    assert (s.health_max_expired_leases, s.health_max_unwritten) == (0, 0)
+    assert s.health_database_timeout == 2.0
+    # unset, the grace is two sweep intervals
+    assert s.health_expired_lease_grace == 60.0
+    assert load({"DURABLE_JOBS_SWEEP_INTERVAL": 5}).health_expired_lease_grace == 10.0
+    s = load({"DURABLE_JOBS_HEALTH_EXPIRED_LEASE_GRACE": 0, "DURABLE_JOBS_HEALTH_MAX_UNWRITTEN": 50,
+              "DURABLE_JOBS_HEALTH_MAX_EXPIRED_LEASES": 3.0,
+              "DURABLE_JOBS_HEALTH_DATABASE_TIMEOUT": 0.5})
+    assert (s.health_expired_lease_grace, s.health_max_unwritten) == (0.0, 50)
+    assert (s.health_max_expired_leases, s.health_database_timeout) == (3, 0.5)
+
+
 def test_scheduler_is_off_under_testing_unless_named() -> None:
     assert load({"TESTING": True}).scheduler is False
     assert load({"TESTING": True, "DURABLE_JOBS_SCHEDULER": True}).scheduler is True
@@ -64,6 +78,14 @@ def test_ints_and_floats_and_queue_lists() -> None:
         ("SCHEDULER", "yes", "True or False"),
         ("MAX_PAYLOAD_BYTES", 0, "at least 1"),
         ("MAX_PAYLOAD_BYTES", "1MB", "integer"),
+        ("HEALTH_MAX_EXPIRED_LEASES", -1, "at least 0"),
+        ("HEALTH_MAX_EXPIRED_LEASES", "5", "integer"),
+        ("HEALTH_EXPIRED_LEASE_GRACE", -5, "at least 0"),
+        ("HEALTH_EXPIRED_LEASE_GRACE", "60", "must be a number"),
+        ("HEALTH_MAX_UNWRITTEN", 1.5, "whole number"),
+        ("HEALTH_MAX_UNWRITTEN", True, "integer, got bool"),
+        ("HEALTH_DATABASE_TIMEOUT", 0, "greater than 0"),
+        ("HEALTH_DATABASE_TIMEOUT", float("inf"), "finite"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: t.Any, message: str) -> None:

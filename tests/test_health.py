@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import socket
 import threading
 import typing as t
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +16,7 @@ from flask import Flask
 
 from flask_durable_jobs import DurableJobs, schemas
 from flask_durable_jobs.scheduler import NEVER
-from flask_durable_jobs.store import Store
+from flask_durable_jobs.testing import move_time
 from tests.helpers import wait_for
 
 PREFIX = "/admin/jobs"
@@ -23,6 +25,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 KEYS = {
     "healthy", "problems", "scheduler", "pid", "worker_id", "started_at", "last_tick",
     "last_sweep", "stall_after_seconds", "due_count", "oldest_due_age_seconds", "checked_at",
+    "database", "expired_leases", "stale_expired_leases", "oldest_expired_lease_age_seconds",
+    "expired_lease_grace_seconds", "silent_workers", "unwritten_outcomes",
 }
 
 
@@ -89,6 +93,11 @@ def test_running_scheduler_is_healthy(app: Flask, api: t.Any, jobs: DurableJobs)
         assert started <= parse_time(body["last_sweep"])
         assert body["stall_after_seconds"] == 5.0  # max(3 x 1 s poll, 5 s)
         assert body["due_count"] == 0 and body["oldest_due_age_seconds"] is None
+        assert body["database"] == {"ok": True, "error": None}
+        assert body["expired_leases"] == 0 and body["stale_expired_leases"] == 0
+        assert body["oldest_expired_lease_age_seconds"] is None
+        assert body["expired_lease_grace_seconds"] == 60.0  # two 30 s sweep intervals
+        assert body["silent_workers"] == [] and body["unwritten_outcomes"] == 0
         check_schema(api, response)
     finally:
         jobs.stop()
@@ -207,21 +216,134 @@ def test_bad_max_due_age_is_400(api: t.Any, value: str) -> None:
 
 
 def test_unreadable_database_is_503(
-    app: Flask, api: t.Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: Flask, api: t.Any, backend: str, tmp_path: t.Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(self: Store, now: dt.datetime) -> t.NoReturn:
-        raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+    # The library's engine pointed where no database answers: a closed port,
+    # or a file in a directory that does not exist.
+    store = state(app).store
+    working = store.engine
+    if backend == "postgresql":
+        url = working.url.set(host="127.0.0.1", port=closed_port())
+    else:
+        url = sa.make_url(f"sqlite:///{tmp_path / 'missing' / 'jobs.db'}")
+    store.engine = sa.create_engine(url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flask_durable_jobs"):
+            responses = [api.get(f"{PREFIX}/health") for _ in range(3)]
+    finally:
+        store.engine.dispose()
+        store.engine = working
+    for response in responses:
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["healthy"] is False
+        assert body["database"]["ok"] is False
+        assert body["database"]["error"].startswith("OperationalError: ")
+        assert "\n" not in body["database"]["error"]
+        assert body["due_count"] is None and body["expired_leases"] is None
+        assert body["silent_workers"] is None
+        [problem] = body["problems"]
+        assert "database does not answer" in problem and "OperationalError" in problem
+        check_schema(api, response)
+    # one line for the three probes, without a traceback
+    [record] = [r for r in caplog.records if r.name == "flask_durable_jobs"]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "database does not answer" in record.getMessage()
+    assert "OperationalError" in record.getMessage()
 
-    monkeypatch.setattr(Store, "due_backlog", broken)
-    with caplog.at_level(logging.WARNING, logger="flask_durable_jobs"):
-        response = api.get(f"{PREFIX}/health")
+    # answering again, it is healthy again
+    assert api.get(f"{PREFIX}/health").status_code == 200
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- expired leases ----------------------------------------------------------------
+
+
+def claim_with_lease(app: Flask, count: int, expired_ago: dt.timedelta, worker: str) -> None:
+    """Claim ``count`` due jobs under a lease that ended ``expired_ago`` ago,
+    as a process that then died would have left them."""
+    store = state(app).store
+    now = state(app).now()
+    claimed = store.claim(job_types=["t.ok"], queues=None, limit=count, now=now,
+                          lease_until=now - expired_ago, token=uuid.uuid4().hex,
+                          worker_id=worker)
+    assert len(claimed) == count
+
+
+def test_expired_leases_are_503(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    for _ in range(5):
+        jobs.enqueue("t.ok", {})
+    claim_with_lease(app, 3, dt.timedelta(minutes=10), "gone:1:aaaaaa")
+    # recent: within the grace (two sweep intervals), a sweep is still to come
+    claim_with_lease(app, 1, dt.timedelta(seconds=5), "late:2:bbbbbb")
+
+    response = api.get(f"{PREFIX}/health")
     assert response.status_code == 503
     body = response.get_json()
-    assert body["due_count"] is None and body["oldest_due_age_seconds"] is None
+    assert body["expired_leases"] == 4 and body["stale_expired_leases"] == 3
+    assert 600 <= body["oldest_expired_lease_age_seconds"] < 660
     [problem] = body["problems"]
-    assert "OperationalError" in problem and "connection refused" not in problem
-    assert any(r.exc_info for r in caplog.records if r.name == "flask_durable_jobs")
+    assert "3 running jobs have had an expired lease" in problem
+    assert "DURABLE_JOBS_HEALTH_MAX_EXPIRED_LEASES" in problem
+    silent = {w["worker_id"]: w["lease_expired_seconds"] for w in body["silent_workers"]}
+    assert set(silent) == {"gone:1:aaaaaa", "late:2:bbbbbb"}
+    assert 600 <= silent["gone:1:aaaaaa"] < 660 and 5 <= silent["late:2:bbbbbb"] < 60
     check_schema(api, response)
+
+    # the sweep recovers them: healthy again
+    state(app).runner.sweep()
+    body = api.get(f"{PREFIX}/health").get_json()
+    assert body["healthy"] is True
+    assert body["expired_leases"] == 0 and body["silent_workers"] == []
+
+
+def test_live_lease_is_no_expired_lease(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    jobs.enqueue("t.ok", {})
+    jobs.enqueue("t.ok", {})
+    claim_with_lease(app, 1, dt.timedelta(seconds=-60), "alive:1:cccccc")  # ends in a minute
+    claim_with_lease(app, 1, dt.timedelta(minutes=10), "alive:1:cccccc")
+    body = api.get(f"{PREFIX}/health").get_json()
+    assert body["expired_leases"] == 1
+    # one of its leases still holds: the worker renews, it is not silent
+    assert body["silent_workers"] == []
+
+
+@pytest.mark.config(DURABLE_JOBS_HEALTH_MAX_EXPIRED_LEASES=2)
+def test_expired_lease_threshold(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    for _ in range(3):
+        jobs.enqueue("t.ok", {})
+    claim_with_lease(app, 2, dt.timedelta(minutes=10), "gone:1:aaaaaa")
+    assert api.get(f"{PREFIX}/health").status_code == 200
+    claim_with_lease(app, 1, dt.timedelta(minutes=10), "gone:1:aaaaaa")
+    assert api.get(f"{PREFIX}/health").status_code == 503
+
+
+@pytest.mark.config(DURABLE_JOBS_HEALTH_EXPIRED_LEASE_GRACE=3600)
+def test_expired_lease_grace(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    jobs.enqueue("t.ok", {})
+    claim_with_lease(app, 1, dt.timedelta(minutes=10), "gone:1:aaaaaa")
+    response = api.get(f"{PREFIX}/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["expired_leases"] == 1 and body["stale_expired_leases"] == 0
+    assert body["expired_lease_grace_seconds"] == 3600
+
+
+def test_moved_clock_expires_leases(app: Flask, api: t.Any, jobs: DurableJobs) -> None:
+    jobs.enqueue("t.ok", {})
+    claim_with_lease(app, 1, dt.timedelta(seconds=-30), "gone:1:aaaaaa")
+    assert api.get(f"{PREFIX}/health").get_json()["expired_leases"] == 0
+    move_time(minutes=5, app=app)
+    response = api.get(f"{PREFIX}/health")
+    assert response.status_code == 503
+    assert response.get_json()["stale_expired_leases"] == 1
 
 
 # -- access ------------------------------------------------------------------------

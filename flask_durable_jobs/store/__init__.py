@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from ..errors import ConfigError
 from .base import Store
 from .postgresql import PostgresStore
-from .records import ClaimedRow, Finish, Watcher
+from .records import ClaimedRow, ExpiredLeases, Finish, Watcher
 from .sqlite import SQLiteStore
 
 __all__ = [
     "ClaimedRow",
+    "ExpiredLeases",
     "Finish",
     "PostgresStore",
     "SQLiteStore",

@@ -43,7 +43,7 @@ from ..models import (
     Job,
     as_utc,
 )
-from .records import ClaimedRow, Finish, Statement, Watcher
+from .records import ClaimedRow, ExpiredLeases, Finish, Statement, Watcher
 
 #: Rows deleted per statement when pruning, so no lock is held for long.
 PRUNE_BATCH = 1000
@@ -392,6 +392,44 @@ class Store(abc.ABC):
         first = as_utc(first)
         age = None if first is None else max(0.0, (now - first).total_seconds())
         return int(count), age
+
+    def expired_leases(self, now: dt.datetime, stale_before: dt.datetime) -> ExpiredLeases:
+        """Running jobs whose lease ended before ``now``, in one query per
+        question; both read running jobs only (the partial lease index).
+
+        ``stale`` counts the leases that ended before ``stale_before``: the
+        sweep should have recovered those by now.
+        """
+        c = self.table.c
+        running = sa.text(RUNNING_SQL)
+        with self.engine.connect() as conn:
+            count, stale, first = conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.count(sa.case((c.lease_expires_at < stale_before, 1))),
+                    sa.func.min(c.lease_expires_at),
+                ).where(running, c.lease_expires_at < now)
+            ).one()
+            newest = sa.func.max(c.lease_expires_at)
+            silent = conn.execute(
+                sa.select(c.worker_id, newest).where(running)
+                .group_by(c.worker_id).having(newest < now)
+            ).all()
+        first = as_utc(first)
+        return ExpiredLeases(
+            count=int(count),
+            stale=int(stale),
+            oldest_age=None if first is None else max(0.0, (now - first).total_seconds()),
+            silent_workers={
+                worker or "?": max(0.0, (now - as_utc(last)).total_seconds())
+                for worker, last in silent
+            },
+        )
+
+    def ping(self) -> None:
+        """One round trip on a pooled connection; raises what the database raised."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1)).one()
 
     def _transition(
         self,

@@ -20,6 +20,21 @@ class ClaimedRow:
     batch_id: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpiredLeases:
+    """Running jobs whose lease has expired, as the health report reads them."""
+
+    #: running jobs whose lease has expired
+    count: int
+    #: of those, the ones expired before the cutoff the caller gave
+    stale: int
+    #: seconds since the oldest expired lease ended (``None``: none expired)
+    oldest_age: float | None
+    #: worker id -> seconds since its newest lease ended, for each worker
+    #: whose every running job's lease has expired: nothing renews them
+    silent_workers: dict[str, float]
+
+
 @dataclasses.dataclass
 class Watcher:
     wait: t.Callable[[float], bool]
