@@ -21,7 +21,6 @@ import threading
 import typing as t
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, scoped_session
 
 from .. import sql
 from ..errors import InvalidTransition, JobNotFound
@@ -43,7 +42,16 @@ from ..models import (
     Job,
     as_utc,
 )
-from .records import ClaimedRow, ExpiredLeases, Finish, Statement, Watcher
+from .records import (
+    ClaimedRow,
+    ExpiredLeases,
+    Finish,
+    Statement,
+    Target,
+    Watcher,
+    connection_of,
+    is_broken,
+)
 
 #: Rows deleted per statement when pruning, so no lock is held for long.
 PRUNE_BATCH = 1000
@@ -60,22 +68,6 @@ OPTIONAL_COLUMNS: dict[str, None] = dict.fromkeys(
 CLAIM_ORDER = operator.itemgetter(7, 8, 0)
 #: A Job's fields before the inserted values fill them in.
 _NEW_JOB: dict[str, t.Any] = {**dict.fromkeys(JOB_COLUMNS), "callback_attempts": 0}
-
-#: Where a job can be inserted: the caller's session, or a connection.
-Target = t.Union[Session, "scoped_session[t.Any]", sa.Connection]
-
-
-def is_broken(driver_conn: t.Any) -> bool:
-    """Whether a driver connection was lost (psycopg says so; sqlite3 never is)."""
-    return bool(getattr(driver_conn, "broken", False) or getattr(driver_conn, "closed", False))
-
-
-def _connection(target: Target) -> sa.Connection:
-    """The connection of the caller's transaction (a session's, begun if need be)."""
-    if isinstance(target, sa.Connection):
-        return target
-    return target.connection()
-
 
 class Store(abc.ABC):
     """Queue operations on one database. Use :func:`~flask_durable_jobs.store.make_store`."""
@@ -247,7 +239,7 @@ class Store(abc.ABC):
         With an idempotency key already taken, nothing is inserted and the
         existing job is returned.
         """
-        conn = _connection(target)
+        conn = connection_of(target)
         ids = self.insert_rows(conn, values, [json.dumps(values["payload"])])
         if ids:
             return self._job_from(ids[0], values), True
@@ -273,7 +265,7 @@ class Store(abc.ABC):
     ) -> list[int]:
         """Insert jobs that differ only in payload (JSON texts) in the caller's
         transaction, one statement per chunk; returns ids in payload order."""
-        conn = _connection(target)
+        conn = connection_of(target)
         ids: list[int] = []
         for start in range(0, len(payloads), INSERT_CHUNK):
             ids.extend(self.insert_rows(conn, shared, payloads[start:start + INSERT_CHUNK]))
@@ -290,7 +282,7 @@ class Store(abc.ABC):
     ) -> None:
         """Record a batch in the caller's transaction (its jobs go in with
         :meth:`insert_many`, ``batch_id`` among the shared values)."""
-        _connection(target).execute(self.batches.insert().values(
+        connection_of(target).execute(self.batches.insert().values(
             id=batch_id, on_complete=on_complete, on_complete_payload=on_complete_payload,
             created_at=now,
         ))

@@ -7,6 +7,9 @@ import dataclasses
 import datetime as dt
 import typing as t
 
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, scoped_session
+
 
 @dataclasses.dataclass(slots=True)
 class ClaimedRow:
@@ -71,3 +74,19 @@ class Statement(t.NamedTuple):
         if self.positions is None:
             return values
         return tuple([values[name] for name in self.positions])
+
+
+#: Where a job can be inserted: the caller's session, or a connection.
+Target = t.Union[Session, "scoped_session[t.Any]", sa.Connection]
+
+
+def connection_of(target: Target) -> sa.Connection:
+    """The connection of the caller's transaction (a session's, begun if need be)."""
+    if isinstance(target, sa.Connection):
+        return target
+    return target.connection()
+
+
+def is_broken(driver_conn: t.Any) -> bool:
+    """Whether a driver connection was lost (psycopg says so; sqlite3 never is)."""
+    return bool(getattr(driver_conn, "broken", False) or getattr(driver_conn, "closed", False))
