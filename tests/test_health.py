@@ -393,3 +393,47 @@ def test_cli_dead_scheduler_exits_1(app: Flask, dead_scheduler: None) -> None:
     result = app.test_cli_runner().invoke(args=["jobs", "health"])
     assert result.exit_code == 1
     assert json.loads(result.output)["scheduler"] == "dead"
+
+
+# -- outcomes kept unwritten -------------------------------------------------------
+
+
+def test_unwritten_outcomes(app: Flask, api: t.Any, jobs: DurableJobs, backend: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("the outcome write takes a new connection on PostgreSQL only")
+    started, release = threading.Event(), threading.Event()
+
+    @jobs.handler("t.wait")
+    def wait(payload: dict[str, t.Any]) -> None:
+        started.set()
+        release.wait(10)
+
+    jobs.enqueue("t.wait", {})
+    runner = state(app).runner
+    counts: list[dict[str, int]] = []
+    thread = threading.Thread(target=lambda: counts.append(runner.run(limit=1)))
+    thread.start()
+    store = state(app).store
+    working = store.engine
+    try:
+        assert started.wait(10)
+        # The outcome's write meets a database that does not answer.
+        store.engine = sa.create_engine(working.url.set(host="127.0.0.1", port=closed_port()))
+        release.set()
+        wait_for("the outcome to be kept", lambda: runner.unwritten_outcomes() == 1, 10)
+        response = api.get(f"{PREFIX}/health")
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["unwritten_outcomes"] == 1
+        assert any("1 finished jobs wait for the database" in p for p in body["problems"])
+        check_schema(api, response)
+    finally:
+        release.set()
+        bad, store.engine = store.engine, working
+        thread.join(20)
+        bad.dispose()
+    # Answering again, the outcome is written.
+    assert counts == [{"claimed": 1, "succeeded": 1, "retried": 0, "dead": 0}]
+    assert runner.unwritten_outcomes() == 0
+    body = api.get(f"{PREFIX}/health").get_json()
+    assert body["healthy"] is True and body["unwritten_outcomes"] == 0
