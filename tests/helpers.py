@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import typing as t
 
@@ -65,3 +66,24 @@ def another_app(
             yield jobs
         finally:
             close(jobs, db)
+
+
+@contextlib.contextmanager
+def sweeping(app: Flask, jobs: DurableJobs) -> t.Iterator[list[int]]:
+    """Run the orphan sweep every 0.1 s on another thread while the block
+    runs, as a second process would; yields what each sweep recovered."""
+    stop = threading.Event()
+    recovered: list[int] = []
+
+    def sweeper() -> None:
+        with app.app_context():
+            while not stop.wait(0.1):
+                recovered.append(jobs.sweep_orphans())
+
+    thread = threading.Thread(target=sweeper)
+    thread.start()
+    try:
+        yield recovered
+    finally:
+        stop.set()
+        thread.join()

@@ -16,7 +16,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import Discard, DurableJobs, InvalidTransition, JobNotFound
 from flask_durable_jobs.testing import move_time
-from tests.helpers import another_app
+from tests.helpers import another_app, sweeping
 
 UTC = dt.timezone.utc
 
@@ -550,21 +550,8 @@ def test_heartbeat_keeps_a_long_job_leased(app: Flask, jobs: DurableJobs) -> Non
         return "done"
 
     job = jobs.enqueue("long", {})
-    stop = threading.Event()
-    recovered: list[int] = []
-
-    def sweeper() -> None:
-        with app.app_context():
-            while not stop.wait(0.1):
-                recovered.append(jobs.sweep_orphans())
-
-    thread = threading.Thread(target=sweeper)
-    thread.start()
-    try:
+    with sweeping(app, jobs) as recovered:
         counts = jobs.process_due()
-    finally:
-        stop.set()
-        thread.join()
     assert counts["succeeded"] == 1
     assert sum(recovered) == 0 and len(runs) == 1
     assert jobs.get(job.id).result == "done"  # type: ignore[union-attr]

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import typing as t
 import uuid
@@ -33,7 +32,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs, faults
-from tests.helpers import wait_for
+from tests.helpers import sweeping, wait_for
 
 on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 SIDE_TABLE = "side_effects"
@@ -234,21 +233,8 @@ def test_a_renewal_that_fails_transiently_is_retried_before_the_lease_runs_out(
     store = app.extensions["durable_jobs"].store
     renew, calls = failing(store.renew, transient_error(backend), times=3)
     monkeypatch.setattr(store, "renew", renew)
-    stop = threading.Event()
-    recovered: list[int] = []
-
-    def sweeper() -> None:
-        with app.app_context():
-            while not stop.wait(0.1):
-                recovered.append(jobs.sweep_orphans())
-
-    thread = threading.Thread(target=sweeper)
-    thread.start()
-    try:
+    with sweeping(app, jobs) as recovered:
         counts = jobs.process_due()
-    finally:
-        stop.set()
-        thread.join()
     assert len(calls) >= 4
     assert counts["succeeded"] == 1 and sum(recovered) == 0 and runs == [1]
     done = jobs.get(job.id)
