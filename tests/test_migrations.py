@@ -15,7 +15,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs
-from flask_durable_jobs.migrations import VERSION_TABLE, current
+from flask_durable_jobs.migrations import HEAD, SCRIPT_LOCATION, VERSION_TABLE, current
 
 
 def _app(url: str) -> tuple[Flask, SQLAlchemy, DurableJobs]:
@@ -47,7 +47,7 @@ def test_upgrade_gives_the_models_schema(database_url: str) -> None:
         assert current(db.engine) is None
         result = app.test_cli_runner().invoke(args=["jobs", "upgrade"])
         assert result.exit_code == 0, result.output
-        assert current(db.engine) == "0001"
+        assert current(db.engine) == HEAD
         assert _differences(db.engine, db.metadata) == []
         migrated = _indexes(db.engine)
         # the partial indexes exist with their predicates
@@ -89,7 +89,7 @@ def test_create_all_then_upgrade(database_url: str) -> None:
         jobs.handler("t")(lambda p: None)
         job = jobs.enqueue("t", {})
         assert app.test_cli_runner().invoke(args=["jobs", "upgrade"]).exit_code == 0
-        assert current(db.engine) == "0001"
+        assert current(db.engine) == HEAD
         assert jobs.get(job.id) is not None  # nothing was dropped or recreated
         assert VERSION_TABLE in sa.inspect(db.engine).get_table_names()
         jobs.stop()
@@ -154,7 +154,7 @@ def test_flask_migrate_project(database_url: str, tmp_path: pathlib.Path) -> Non
     run("db", "upgrade")
     tables = set(sa.inspect(engine).get_table_names())
     assert {"order", "durable_jobs", VERSION_TABLE} <= tables
-    assert current(engine) == "0001"
+    assert current(engine) == HEAD
     # now in sync: a second autogenerate finds nothing
     out = run("db", "migrate", "-m", "nothing")
     assert "No changes in schema detected" in out
@@ -179,5 +179,11 @@ def test_authoring_environment_finds_no_changes(database_url: str) -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 
-    assert "0001 (head)" in alembic("current")
+    assert f"{HEAD} (head)" in alembic("current")
     assert "No new upgrade operations detected" in alembic("check")
+
+
+def test_head_is_the_newest_shipped_revision() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory(SCRIPT_LOCATION).get_heads() == [HEAD]

@@ -1,0 +1,21 @@
+"""Job control: progress and cancel requests on the job row.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
