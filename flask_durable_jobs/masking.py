@@ -141,6 +141,8 @@ def public_job(job: Job, *, summary: bool = False) -> dict[str, t.Any]:
     data = job.to_dict()
     data["payload"] = mask(data["payload"])
     data["result"] = mask(data["result"])
+    if data.get("progress") is not None:
+        data["progress"] = mask(data["progress"])
     if summary:
         data["payload"], data["payload_truncated"] = preview(data["payload"])
         data["result"], data["result_truncated"] = preview(data["result"])

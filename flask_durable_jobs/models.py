@@ -196,6 +196,10 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("callback_error", sa.Text(), nullable=True),
         sa.Column("callback_next_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secrets", sa.Text(), nullable=True),  # encrypted; never returned
+        # what the handler last told of its progress: {"fraction", "message", "data", "at"}
+        sa.Column("progress", _json_type(), nullable=True),
+        # when a cancel was asked for while the job ran (it ends cancelled, never retried)
+        sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True),
         # Partial: most jobs have no key, and a full index would take an entry
         # for every row version the queue writes.
         sa.Index(
@@ -283,6 +287,11 @@ class Job:
     callback_error: str | None = None
     #: The process running the job (host:pid:...), while it is ``running``.
     worker_id: str | None = None
+    #: What the handler last reported through ``current_job().progress()``:
+    #: ``{"fraction", "message", "data", "at"}``, or ``None``.
+    progress: dict[str, t.Any] | None = None
+    #: When ``jobs.cancel()`` asked the running job to stop (``None``: never).
+    cancel_requested_at: dt.datetime | None = None
 
     def to_dict(self) -> dict[str, t.Any]:
         """A JSON-ready dict; datetimes as ISO 8601 strings."""

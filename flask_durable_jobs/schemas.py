@@ -283,6 +283,14 @@ class _JobFields(BaseModel):
         description="The process running the job (host, pid and a run id) while it is"
         " running; null otherwise."
     )
+    progress: dict[str, t.Any] | None = Field(
+        description="What the handler last reported through current_job().progress():"
+        ' {"fraction", "message", "data", "at"}; null when it reported nothing.'
+    )
+    cancel_requested_at: Timestamp | None = Field(
+        description="When a cancel was requested while the job ran (it then ends"
+        " cancelled unless its handler returns normally); null otherwise."
+    )
 
 
 class Job(_JobFields):
