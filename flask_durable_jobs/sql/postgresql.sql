@@ -68,24 +68,43 @@ RETURNING j.id, j.job_type, j.payload::text, j.attempts, j.max_attempts,
 
 -- name: finish
 -- The outcomes of a batch of attempts, written where the lease still holds;
--- returns the ids written. A job that ended (not retrying) drops its secrets
--- and, with a callback URL, has its callback due now.
+-- returns the ids written and the status each got. A job that ended (not
+-- retrying) drops its secrets and, with a callback URL, has its callback due
+-- now. A job whose cancel was requested (cancel_requested_at) is never
+-- retried: unless it succeeded it ends cancelled. The handler's last
+-- progress, when it reported any, goes in with the outcome. The statement
+-- announces the ids that ended, one notification for the batch
+-- (jobs.wait(); a list too long for NOTIFY goes as '', "look again").
+WITH done AS (
 UPDATE durable_jobs AS j
-SET status = v.status, result = v.result::jsonb, last_error = COALESCE(v.error, j.last_error),
-    run_at = COALESCE(v.run_at, j.run_at),
-    finished_at = CASE WHEN v.status = {RETRYING} THEN NULL ELSE :now END,
+SET status = CASE WHEN j.cancel_requested_at IS NOT NULL AND v.status <> {SUCCEEDED}
+        THEN {CANCELLED} ELSE v.status END,
+    result = v.result::jsonb, last_error = COALESCE(v.error, j.last_error),
+    run_at = CASE WHEN j.cancel_requested_at IS NULL THEN COALESCE(v.run_at, j.run_at)
+        ELSE j.run_at END,
+    finished_at = CASE WHEN v.status = {RETRYING} AND j.cancel_requested_at IS NULL
+        THEN NULL ELSE :now END,
     updated_at = :now, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
-    secrets = CASE WHEN v.status = {RETRYING} THEN j.secrets END,
-    callback_status = CASE WHEN v.status <> {RETRYING} AND j.callback_url IS NOT NULL
-        THEN {CALLBACK_PENDING} ELSE j.callback_status END,
-    callback_next_at = CASE WHEN v.status <> {RETRYING} AND j.callback_url IS NOT NULL
-        THEN :now ELSE j.callback_next_at END
+    progress = COALESCE(v.progress::jsonb, j.progress),
+    secrets = CASE WHEN v.status = {RETRYING} AND j.cancel_requested_at IS NULL
+        THEN j.secrets END,
+    callback_status = CASE WHEN (v.status <> {RETRYING} OR j.cancel_requested_at IS NOT NULL)
+        AND j.callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE j.callback_status END,
+    callback_next_at = CASE WHEN (v.status <> {RETRYING} OR j.cancel_requested_at IS NOT NULL)
+        AND j.callback_url IS NOT NULL THEN :now ELSE j.callback_next_at END
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[]), CAST(:statuses AS TEXT[]),
             CAST(:results AS TEXT[]), CAST(:errors AS TEXT[]),
-            CAST(:run_ats AS TIMESTAMPTZ[]))
-     AS v(id, token, status, result, error, run_at)
+            CAST(:run_ats AS TIMESTAMPTZ[]), CAST(:progress AS TEXT[]))
+     AS v(id, token, status, result, error, run_at, progress)
 WHERE j.id = v.id AND j.lease_token = v.token
-RETURNING j.id
+RETURNING j.id, j.status
+)
+SELECT id, status, (
+    SELECT count(pg_notify('durable_jobs_ended',
+                           CASE WHEN length(ids) > 7000 THEN '' ELSE ids END))
+    FROM (SELECT string_agg(id::text, ',') AS ids FROM done WHERE status <> {RETRYING}) AS e
+    WHERE ids IS NOT NULL
+) FROM done
 
 
 -- name: renew
@@ -97,26 +116,45 @@ RETURNING j.id
 
 
 -- name: release
--- Give claimed jobs back, due at once, the attempt not counted.
+-- Give claimed jobs back, due at once, the attempt not counted. A job whose
+-- cancel was requested ends cancelled instead (announced as finish does).
+WITH released AS (
 UPDATE durable_jobs AS j
-SET status = CASE WHEN j.attempts > 1 THEN {RETRYING} ELSE {PENDING} END,
+SET status = CASE WHEN j.cancel_requested_at IS NOT NULL THEN {CANCELLED}
+        WHEN j.attempts > 1 THEN {RETRYING} ELSE {PENDING} END,
     attempts = j.attempts - 1, run_at = :now, updated_at = :now, started_at = NULL,
-    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+    finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL THEN :now END,
+    secrets = CASE WHEN j.cancel_requested_at IS NULL THEN j.secrets END,
+    callback_status = CASE WHEN j.cancel_requested_at IS NOT NULL
+        AND j.callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE j.callback_status END,
+    callback_next_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+        AND j.callback_url IS NOT NULL THEN :now ELSE j.callback_next_at END
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[])) AS v(id, token)
 WHERE j.id = v.id AND j.lease_token = v.token
-RETURNING j.id
+RETURNING j.id, j.status
+)
+SELECT id, status, (
+    SELECT count(pg_notify('durable_jobs_ended', ids))
+    FROM (SELECT string_agg(id::text, ',') AS ids FROM released
+          WHERE status = {CANCELLED}) AS e
+    WHERE ids IS NOT NULL AND length(ids) <= 7000
+) FROM released
 
 
 -- name: sweep
 -- Up to :limit running jobs whose lease expired (the process died, was killed
 -- or froze): a failed attempt, due again at once without backoff, or dead
 -- when no attempt is left or the handler asked for it (orphan_policy 'dead',
--- a policy, not a status).
+-- a policy, not a status); cancelled when a cancel was requested. The ids
+-- that ended are announced as finish does.
+WITH swept AS (
 UPDATE durable_jobs
-SET status = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
-        THEN {DEAD} ELSE {RETRYING} END,
+SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN {CANCELLED}
+        WHEN attempts >= max_attempts OR orphan_policy = 'dead' THEN {DEAD}
+        ELSE {RETRYING} END,
     finished_at = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
-        THEN :now ELSE NULL END,
+        OR cancel_requested_at IS NOT NULL THEN :now ELSE NULL END,
     run_at = :now,
     updated_at = :now,
     last_error = 'lease expired: worker ' || COALESCE(worker_id, '?')
@@ -125,10 +163,12 @@ SET status = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
     lease_expires_at = NULL,
     worker_id = NULL,
     secrets = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
-        THEN NULL ELSE secrets END,
-    callback_status = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        OR cancel_requested_at IS NOT NULL THEN NULL ELSE secrets END,
+    callback_status = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead'
+        OR cancel_requested_at IS NOT NULL)
         AND callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE callback_status END,
-    callback_next_at = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+    callback_next_at = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead'
+        OR cancel_requested_at IS NOT NULL)
         AND callback_url IS NOT NULL THEN :now ELSE callback_next_at END
 WHERE id = ANY(ARRAY(
     SELECT id FROM durable_jobs
@@ -137,6 +177,34 @@ WHERE id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING id, job_type, status, batch_id
+)
+SELECT id, job_type, status, batch_id, (
+    SELECT count(pg_notify('durable_jobs_ended',
+                           CASE WHEN length(ids) > 7000 THEN '' ELSE ids END))
+    FROM (SELECT string_agg(id::text, ',') AS ids FROM swept WHERE status <> {RETRYING}) AS e
+    WHERE ids IS NOT NULL
+) FROM swept
+
+
+-- name: write_progress
+-- What handlers reported of their progress, for a batch of running jobs,
+-- where the lease still holds (at most once a second per job).
+UPDATE durable_jobs AS j SET progress = v.progress::jsonb
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[]), CAST(:progress AS TEXT[]))
+     AS v(id, token, progress)
+WHERE j.id = v.id AND j.lease_token = v.token
+RETURNING j.id
+
+
+-- name: notify_ended
+-- Jobs ended outside the queue's own statements (a cancel): wake jobs.wait().
+SELECT pg_notify('durable_jobs_ended', :ids)
+
+
+-- name: listen_ended
+-- jobs.wait(): the ids of jobs that ended, from finish, sweep, release and
+-- notify_ended. A shortcut: the waiter reads the job again now and then.
+LISTEN durable_jobs_ended
 
 
 -- name: start_schedule

@@ -63,20 +63,29 @@ RETURNING id, job_type, payload, attempts, max_attempts, secrets, batch_id,
 
 -- name: finish
 -- One attempt's outcome, written if the lease still holds; returns the id
--- written. A job that ended (not retrying) drops its secrets and, with a
--- callback URL, has its callback due now.
+-- written and the status it got. A job that ended (not retrying) drops its
+-- secrets and, with a callback URL, has its callback due now. A job whose
+-- cancel was requested (cancel_requested_at) is never retried: unless it
+-- succeeded it ends cancelled. The handler's last progress, when it
+-- reported any, goes in with the outcome.
 UPDATE durable_jobs
-SET status = :status, result = :result, last_error = COALESCE(:error, last_error),
-    run_at = COALESCE(:run_at, run_at),
-    finished_at = CASE WHEN :status = {RETRYING} THEN NULL ELSE :now END,
+SET status = CASE WHEN cancel_requested_at IS NOT NULL AND :status <> {SUCCEEDED}
+        THEN {CANCELLED} ELSE :status END,
+    result = :result, last_error = COALESCE(:error, last_error),
+    run_at = CASE WHEN cancel_requested_at IS NULL THEN COALESCE(:run_at, run_at)
+        ELSE run_at END,
+    finished_at = CASE WHEN :status = {RETRYING} AND cancel_requested_at IS NULL
+        THEN NULL ELSE :now END,
     updated_at = :now, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
-    secrets = CASE WHEN :status = {RETRYING} THEN secrets END,
-    callback_status = CASE WHEN :status <> {RETRYING} AND callback_url IS NOT NULL
-        THEN {CALLBACK_PENDING} ELSE callback_status END,
-    callback_next_at = CASE WHEN :status <> {RETRYING} AND callback_url IS NOT NULL
-        THEN :now ELSE callback_next_at END
+    progress = COALESCE(:progress, progress),
+    secrets = CASE WHEN :status = {RETRYING} AND cancel_requested_at IS NULL
+        THEN secrets END,
+    callback_status = CASE WHEN (:status <> {RETRYING} OR cancel_requested_at IS NOT NULL)
+        AND callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE callback_status END,
+    callback_next_at = CASE WHEN (:status <> {RETRYING} OR cancel_requested_at IS NOT NULL)
+        AND callback_url IS NOT NULL THEN :now ELSE callback_next_at END
 WHERE id = :id AND lease_token = :token
-RETURNING id
+RETURNING id, status
 
 
 -- name: renew
@@ -87,11 +96,19 @@ RETURNING id
 
 
 -- name: release
--- Give one claimed job back, due at once, the attempt not counted.
+-- Give one claimed job back, due at once, the attempt not counted. A job
+-- whose cancel was requested ends cancelled instead.
 UPDATE durable_jobs
-SET status = CASE WHEN attempts > 1 THEN {RETRYING} ELSE {PENDING} END,
+SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN {CANCELLED}
+        WHEN attempts > 1 THEN {RETRYING} ELSE {PENDING} END,
     attempts = attempts - 1, run_at = :now, updated_at = :now, started_at = NULL,
-    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+    finished_at = CASE WHEN cancel_requested_at IS NOT NULL THEN :now END,
+    secrets = CASE WHEN cancel_requested_at IS NULL THEN secrets END,
+    callback_status = CASE WHEN cancel_requested_at IS NOT NULL
+        AND callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE callback_status END,
+    callback_next_at = CASE WHEN cancel_requested_at IS NOT NULL
+        AND callback_url IS NOT NULL THEN :now ELSE callback_next_at END
 WHERE id = :id AND lease_token = :token
 RETURNING id
 
@@ -100,12 +117,13 @@ RETURNING id
 -- Up to :limit running jobs whose lease expired (the process died, was killed
 -- or froze): a failed attempt, due again at once without backoff, or dead
 -- when no attempt is left or the handler asked for it (orphan_policy 'dead',
--- a policy, not a status).
+-- a policy, not a status); cancelled when a cancel was requested.
 UPDATE durable_jobs
-SET status = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
-        THEN {DEAD} ELSE {RETRYING} END,
+SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN {CANCELLED}
+        WHEN attempts >= max_attempts OR orphan_policy = 'dead' THEN {DEAD}
+        ELSE {RETRYING} END,
     finished_at = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
-        THEN :now ELSE NULL END,
+        OR cancel_requested_at IS NOT NULL THEN :now ELSE NULL END,
     run_at = :now,
     updated_at = :now,
     last_error = 'lease expired: worker ' || COALESCE(worker_id, '?')
@@ -114,10 +132,12 @@ SET status = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
     lease_expires_at = NULL,
     worker_id = NULL,
     secrets = CASE WHEN attempts >= max_attempts OR orphan_policy = 'dead'
-        THEN NULL ELSE secrets END,
-    callback_status = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+        OR cancel_requested_at IS NOT NULL THEN NULL ELSE secrets END,
+    callback_status = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead'
+        OR cancel_requested_at IS NOT NULL)
         AND callback_url IS NOT NULL THEN {CALLBACK_PENDING} ELSE callback_status END,
-    callback_next_at = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead')
+    callback_next_at = CASE WHEN (attempts >= max_attempts OR orphan_policy = 'dead'
+        OR cancel_requested_at IS NOT NULL)
         AND callback_url IS NOT NULL THEN :now ELSE callback_next_at END
 WHERE id IN (
     SELECT id FROM durable_jobs
@@ -125,6 +145,14 @@ WHERE id IN (
     ORDER BY id LIMIT :limit
 )
 RETURNING id, job_type, status, batch_id
+
+
+-- name: write_progress
+-- What a handler reported of its progress, for one running job, if the
+-- lease still holds (at most once a second per job).
+UPDATE durable_jobs SET progress = :progress
+WHERE id = :id AND lease_token = :token
+RETURNING id
 
 
 -- name: start_schedule

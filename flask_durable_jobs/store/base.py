@@ -36,12 +36,12 @@ from ..models import (
     STATUSES,
     SUCCEEDED,
     TERMINAL,
-    WAITING,
     WAITING_SQL,
     CallbackStatus,
     Job,
     as_utc,
 )
+from .control import JobControl
 from .records import (
     ClaimedRow,
     ExpiredLeases,
@@ -69,7 +69,7 @@ CLAIM_ORDER = operator.itemgetter(7, 8, 0)
 #: A Job's fields before the inserted values fill them in.
 _NEW_JOB: dict[str, t.Any] = {**dict.fromkeys(JOB_COLUMNS), "callback_attempts": 0}
 
-class Store(abc.ABC):
+class Store(abc.ABC, JobControl):
     """Queue operations on one database. Use :func:`~flask_durable_jobs.store.make_store`."""
 
     #: The SQL file of this store's database (:func:`flask_durable_jobs.sql.load`).
@@ -138,7 +138,7 @@ class Store(abc.ABC):
     def to_job(self, row: t.Any) -> Job:
         data = dict(zip(JOB_COLUMNS, row, strict=True))
         for key in ("run_at", "created_at", "updated_at", "started_at", "finished_at",
-                    "lease_expires_at"):
+                    "lease_expires_at", "cancel_requested_at"):
             data[key] = as_utc(data[key])
         return Job(**data)
 
@@ -185,13 +185,13 @@ class Store(abc.ABC):
             if pinned is None:
                 conn.close()
 
-    def _begin(self, cur: t.Any) -> None:  # noqa: B027 - no-op where statements autocommit
+    def _begin(self, cur: t.Any) -> None:  # a no-op where statements autocommit
         """Start the hot path's write transaction."""
 
-    def _commit(self, conn: t.Any, cur: t.Any) -> None:  # noqa: B027
+    def _commit(self, conn: t.Any, cur: t.Any) -> None:
         """Commit it."""
 
-    def _rollback(self, conn: t.Any, cur: t.Any) -> None:  # noqa: B027
+    def _rollback(self, conn: t.Any, cur: t.Any) -> None:
         """Roll it back."""
 
     @contextlib.contextmanager
@@ -445,17 +445,6 @@ class Store(abc.ABC):
             raise JobNotFound(job_id)
         raise InvalidTransition(job_id, current.status, action, allowed)
 
-    def cancel(self, job_id: int, now: dt.datetime) -> Job:
-        c = self.table.c
-        has_callback = c.callback_url.is_not(None)
-        return self._transition(
-            job_id, "cancel", WAITING,
-            {"status": CANCELLED, "finished_at": now, "updated_at": now, "secrets": None,
-             "callback_status": sa.case((has_callback, CallbackStatus.PENDING),
-                                        else_=c.callback_status),
-             "callback_next_at": sa.case((has_callback, now), else_=c.callback_next_at)},
-        )
-
     def retry(self, job_id: int, now: dt.datetime) -> Job:
         return self._transition(
             job_id, "retry", (DEAD, CANCELLED),
@@ -683,7 +672,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def finish(self, outcomes: t.Sequence[Finish], now: dt.datetime) -> set[int]:
-        """Write outcomes whose lease still holds; returns the ids written."""
+        """Write outcomes whose lease still holds; returns the ids written.
+
+        An outcome the database ended ``cancelled`` instead (its cancel was
+        requested) gets that ``status``."""
+
+    @abc.abstractmethod
+    def write_progress(self, updates: t.Sequence[tuple[int, str, str]]) -> set[int]:
+        """Write (id, lease token, progress JSON) of running jobs whose lease
+        still holds; returns the ids written."""
 
     @abc.abstractmethod
     def renew(self, held: t.Sequence[tuple[int, str]], lease_until: dt.datetime) -> set[int]:

@@ -8,10 +8,12 @@ library's own engine autocommits: each statement is a transaction of its own.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import typing as t
 
 import sqlalchemy as sa
 
+from ..models import CANCELLED
 from .base import CLAIM_ORDER, SWEEP_BATCH, Store
 from .records import ClaimedRow, Finish, Watcher
 
@@ -37,6 +39,22 @@ def text_array(values: t.Iterable[str | None]) -> str:
         "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
         for v in values
     ) + "}"
+
+
+def cancelled_where(outcomes: t.Sequence[Finish], rows: t.Iterable[t.Any]) -> set[int]:
+    """The ids a finish wrote (its rows: id, status); an outcome the
+    database ended cancelled instead (a cancel was requested) says so."""
+    written = set()
+    ended_cancelled = set()
+    for row in rows:
+        written.add(row[0])
+        if row[1] == CANCELLED:
+            ended_cancelled.add(row[0])
+    if ended_cancelled:
+        for outcome in outcomes:
+            if outcome.id in ended_cancelled:
+                outcome.status = CANCELLED
+    return written
 
 
 class PostgresStore(Store):
@@ -124,10 +142,12 @@ class PostgresStore(Store):
             "run_ats": text_array([
                 None if o.run_at is None else o.run_at.isoformat() for o in outcomes
             ]),
+            "progress": text_array([o.progress for o in outcomes]),
         }
         with self._raw() as cur:
             cur.execute(*self._driver("finish", params))
-            return {row[0] for row in cur.fetchall()}
+            rows = cur.fetchall()
+        return cancelled_where(outcomes, rows)
 
     def _pairs(self, name: str, held: t.Sequence[tuple[int, str]],
                params: dict[str, t.Any]) -> set[int]:
@@ -151,4 +171,38 @@ class PostgresStore(Store):
     def sweep(self, now: dt.datetime) -> list[tuple[t.Any, ...]]:
         with self._raw() as cur:
             cur.execute(*self._driver("sweep", {"now": now, "limit": SWEEP_BATCH}))
-            return [tuple(row) for row in cur.fetchall()]
+            return [tuple(row[:4]) for row in cur.fetchall()]  # the last: the notification
+
+    def write_progress(self, updates: t.Sequence[tuple[int, str, str]]) -> set[int]:
+        if not updates:
+            return set()
+        params = {"ids": int_array([u[0] for u in updates]),
+                  "tokens": word_array([u[1] for u in updates]),
+                  "progress": text_array([u[2] for u in updates])}
+        with self._raw() as cur:
+            cur.execute(*self._driver("write_progress", params))
+            return {row[0] for row in cur.fetchall()}
+
+    def announce_ended(self, conn: sa.Connection, ids: t.Sequence[int]) -> None:
+        if ids:
+            self.send(conn, "notify_ended", {"ids": ",".join(map(str, ids))})
+
+    def watch_ended(self, job_id: int) -> Watcher:
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        conn = psycopg.connect(conninfo, autocommit=True)
+        conn.execute(self.queries["listen_ended"])
+        wanted = str(job_id)
+
+        def wait(timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                for note in conn.notifies(timeout=left, stop_after=1):
+                    if not note.payload or wanted in note.payload.split(","):
+                        return True
+            return False
+
+        return Watcher(wait, conn.close)

@@ -50,7 +50,9 @@ class Finish:
 
     id: int
     token: str
-    status: str  # succeeded, retrying or dead
+    # succeeded, retrying, dead or cancelled; the store sets cancelled where the
+    # database ended the job so because a cancel was requested
+    status: str
     result: str | None = None  # JSON text
     error: str | None = None
     run_at: dt.datetime | None = None  # next attempt, for retrying
@@ -60,6 +62,8 @@ class Finish:
     duration: float | None = None
     value: t.Any = None
     batch_id: str | None = None
+    #: the handler's last progress not written yet (JSON text), written with the outcome
+    progress: str | None = None
 
 
 class Statement(t.NamedTuple):

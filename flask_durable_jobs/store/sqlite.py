@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from ..errors import ConfigError
 from ..models import UTC
 from .base import CLAIM_ORDER, SWEEP_BATCH, Store
+from .postgresql import cancelled_where
 from .records import ClaimedRow, Finish, Watcher
 
 log = logging.getLogger("flask_durable_jobs")
@@ -186,15 +187,16 @@ class SQLiteStore(Store):
             return set()
         stamp = timestamp(now)
         statement = self.statement("finish", self.engine.dialect)
-        written: set[int] = set()
+        rows = []
         with self._raw() as cur:
             for o in outcomes:  # timestamps as text already: no to_driver per row
                 cur.execute(statement.sql, statement.params({
                     "id": o.id, "token": o.token, "status": o.status, "result": o.result,
                     "error": o.error, "run_at": timestamp(o.run_at), "now": stamp,
+                    "progress": o.progress,
                 }))
-                written.update(row[0] for row in cur.fetchall())
-        return written
+                rows.extend(cur.fetchall())
+        return cancelled_where(outcomes, rows)
 
     def _each_pair(self, name: str, held: t.Sequence[tuple[int, str]],
                    params: dict[str, t.Any]) -> set[int]:
@@ -223,6 +225,18 @@ class SQLiteStore(Store):
         with self._raw() as cur:
             cur.execute(*self._driver("sweep", {"now": now, "limit": SWEEP_BATCH}))
             return [tuple(row) for row in cur.fetchall()]
+
+    def write_progress(self, updates: t.Sequence[tuple[int, str, str]]) -> set[int]:
+        if not updates:
+            return set()
+        statement = self.statement("write_progress", self.engine.dialect)
+        done: set[int] = set()
+        with self._raw() as cur:
+            for job_id, token, progress in updates:
+                cur.execute(statement.sql, statement.params(
+                    {"id": job_id, "token": token, "progress": progress}))
+                done.update(row[0] for row in cur.fetchall())
+        return done
 
 
 def json_list(values: t.Sequence[str]) -> str:
