@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from .current import CurrentJob, current_job
 from .errors import (
+    Cancelled,
     ConfigError,
     Discard,
     DurableJobsError,
@@ -18,7 +20,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STATUSES",
+    "Cancelled",
     "ConfigError",
+    "CurrentJob",
     "Discard",
     "DurableJobs",
     "DurableJobsError",
@@ -29,5 +33,6 @@ __all__ = [
     "SecretsUnavailable",
     "Status",
     "__version__",
+    "current_job",
     "job_secrets",
 ]

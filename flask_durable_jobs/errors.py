@@ -49,3 +49,12 @@ class InvalidTransition(DurableJobsError):
 
 class JobTimeout(DurableJobsError):
     """An attempt ran longer than its handler's ``timeout``."""
+
+
+class Cancelled(DurableJobsError):
+    """Raised by ``current_job().check_cancelled()`` once a cancel of the
+    running job was requested (``jobs.cancel(id)``).
+
+    A handler may raise it itself too: the job ends ``cancelled``, never
+    retried, with the message as its ``last_error``.
+    """

@@ -25,6 +25,7 @@ class HandlerSpec:
     priority: int = DEFAULT_PRIORITY
     backoff: Backoff | None = None  # None: the app's default policy
     on_orphan: str = "retry"  # what the sweep does when a lease expires: retry or dead
+    is_async: bool = False  # an async def handler: awaited on its own event loop
 
 
 def default_name(func: t.Callable[..., t.Any]) -> str:
@@ -40,14 +41,19 @@ def default_name(func: t.Callable[..., t.Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def is_async(func: t.Callable[..., t.Any]) -> bool:
-    """``async def`` functions, async generators, and objects whose
-    ``__call__`` is one (``functools.partial`` of them too)."""
+def _candidates(func: t.Callable[..., t.Any]) -> tuple[t.Any, ...]:
     call = None if inspect.isroutine(func) else type(func).__call__  # a callable object
-    for candidate in (func, call):
-        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
-            return True
-    return False
+    return (func, call)
+
+
+def is_async(func: t.Callable[..., t.Any]) -> bool:
+    """``async def`` functions, and objects whose ``__call__`` is one
+    (``functools.partial`` of them too): the runner awaits what they return."""
+    return any(inspect.iscoroutinefunction(c) for c in _candidates(func))
+
+
+def is_async_generator(func: t.Callable[..., t.Any]) -> bool:
+    return any(inspect.isasyncgenfunction(c) for c in _candidates(func))
 
 
 def check_max_attempts(value: t.Any, what: str = "max_attempts") -> int:
@@ -84,13 +90,11 @@ def make_spec(
                          f" got {name!r}")
     if not callable(func):
         raise TypeError(f"handler {name!r} must be callable, got {func!r}")
-    if is_async(func):
-        # Called on a handler thread, it would only return a coroutine that
-        # nobody awaits, and every job would go dead.
+    if is_async_generator(func):
+        # it yields many values: none of them is the job's one result
         raise TypeError(
-            f"handler {name!r} is an async function ({func!r}); handlers are called on"
-            " threads and async handlers are not supported yet: define it with def"
-            " (it may run a coroutine with asyncio.run(...))"
+            f"handler {name!r} is an async generator function ({func!r}); a handler"
+            " returns one result: define it with async def and return the result"
         )
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
@@ -109,4 +113,5 @@ def make_spec(
         queue=check_queue(queue),
         priority=check_priority(priority),
         backoff=backoff,
+        is_async=is_async(func),
     )

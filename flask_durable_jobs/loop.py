@@ -10,6 +10,7 @@ the run's state only:
 * heartbeat: renew the leases of every job held;
 * wait for outcomes, a deadline, a heartbeat or a wake-up;
 * fail attempts past their timeout;
+* write what handlers reported of their progress, at most once a second;
 * poll for newly due jobs while others run (the scheduler's tick);
 * at shutdown, write what finished and give back the rest.
 
@@ -27,8 +28,9 @@ import time
 import typing as t
 
 from . import faults
-from .models import DEAD, RETRYING, SUCCEEDED
-from .pool import ABANDONED, QUEUED, RUNNING, WorkItem
+from .current import PROGRESS_INTERVAL
+from .models import DEAD, RETRYING, SUCCEEDED, utcnow
+from .pool import ABANDONED, QUEUED, RUNNING, WorkItem, timeout_message
 from .writer import Pin, Writer
 
 if t.TYPE_CHECKING:
@@ -83,6 +85,8 @@ class Run:
         self.pin = Pin(self.store)
         self.writer = Writer(self.store, self.pin)
         self.outage = faults.Outage(runner.messages)
+        #: when handlers' progress may be written next (``time.monotonic()``)
+        self.next_progress = 0.0
 
     def loop(self) -> Counts:
         while True:
@@ -100,6 +104,7 @@ class Run:
             self.heartbeat_step()
             self.wait_step()
             self.timeout_step()
+            self.progress_step()
             self.poll_step()
             if self.runner.stopping and time.monotonic() >= self.runner.stop_deadline:
                 self.release_step()
@@ -203,6 +208,8 @@ class Run:
             waits.append(self.runner.stop_deadline - now)
         if self.outage.active:
             waits.append(self.outage.retry_at - now)
+        if self.runner.progress_board:
+            waits.append(self.next_progress - now)
         try:
             got = self.done.get(timeout=max(0.0, min(waits)))
             while True:
@@ -224,12 +231,27 @@ class Run:
                         continue
                     item.state = ABANDONED
                 self.runner.pool.replace(item)
-                message = (
-                    f"JobTimeout: attempt {item.row.attempts} timed out after"
-                    f" {item.spec.timeout:g} s (the handler's timeout)"
-                )
+                message = timeout_message(item)
                 log.warning("job %s (%s) timed out", item.row.id, item.row.job_type)
                 self.unwritten.append(self.runner.failure(item, message))
+
+    def progress_step(self) -> None:
+        """Write what handlers reported of their progress since the last
+        write, in one statement, at most once a second (the writer's thread
+        sends it on PostgreSQL: the handlers never wait for it)."""
+        board = self.runner.progress_board
+        now = time.monotonic()
+        if not board or now < self.next_progress or self.outage.active:
+            return
+        self.next_progress = now + PROGRESS_INTERVAL
+        offset = self.runner.clock() - utcnow()
+        updates = []
+        for job in board.take():
+            text = job.take_progress(offset)
+            if text is not None:
+                updates.append((job.id, job.token, text))
+        if updates:
+            self.writer.progress(updates)
 
     def poll_step(self) -> None:
         """With ``keep_polling``, look for newly due jobs every poll interval."""
@@ -321,7 +343,9 @@ class Run:
         for outcome in outcomes:
             self._let_go(outcome)
             if outcome.id in written:
-                self.counts[_COUNT_KEYS[outcome.status]] += 1
+                counted = _COUNT_KEYS.get(outcome.status)  # cancelled: not counted
+                if counted is not None:
+                    self.counts[counted] += 1
                 kept.append(outcome)
             elif outcome.id in self.maybe_written:
                 log.info("job %s: its outcome (%s) was written before the connection was"

@@ -14,6 +14,7 @@ import typing as t
 import weakref
 
 if t.TYPE_CHECKING:
+    from .current import CurrentJob
     from .handlers import HandlerSpec
     from .store import ClaimedRow
 
@@ -27,7 +28,8 @@ _NO_CHUNK: collections.deque[t.Any] = collections.deque(maxlen=0)
 class WorkItem:
     """One claimed job on its way through a handler thread."""
 
-    __slots__ = ("chunk", "deadline", "done", "lock", "row", "spec", "started", "state")
+    __slots__ = ("chunk", "current", "deadline", "done", "lock", "row", "spec", "started",
+                 "state")
 
     def __init__(self, row: ClaimedRow, spec: HandlerSpec, done: queue.SimpleQueue[t.Any]) -> None:
         self.row = row
@@ -41,6 +43,14 @@ class WorkItem:
         #: the items handed to a thread with this one, those not started yet
         #: (set by HandlerPool.submit)
         self.chunk: collections.deque[WorkItem] = _NO_CHUNK
+        #: the handler's view of its job, once it asked for it (current_job())
+        self.current: CurrentJob | None = None
+
+
+def timeout_message(item: WorkItem) -> str:
+    """The ``last_error`` of an attempt that outlived its handler's timeout."""
+    return (f"JobTimeout: attempt {item.row.attempts} timed out after"
+            f" {item.spec.timeout:g} s (the handler's timeout)")
 
 
 class HandlerPool:

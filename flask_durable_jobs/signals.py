@@ -20,10 +20,13 @@ signal             keyword arguments
                    ``job`` (the :class:`~flask_durable_jobs.Job` as written,
                    payload included; ``None`` if reading it failed)
 ``job_rescued``    ``job_id``, ``job_type``, ``status`` (an orphan whose lease
-                   expired, now ``retrying`` or ``dead``)
+                   expired, now ``retrying`` or ``dead``; ``cancelled`` when a
+                   cancel was requested)
 =================  ===========================================================
 
 ``duration`` is the attempt's run time in seconds (``None`` when unknown).
+An attempt that ends ``cancelled`` (a cancel was requested, or the handler
+raised :class:`~flask_durable_jobs.Cancelled`) sends no outcome signal.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ running, and keeps renewing their leases, so nobody else takes those jobs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
 import os
 import queue
@@ -31,13 +34,13 @@ import typing as t
 import uuid
 from datetime import timedelta
 
-from . import faults, signals, vault
+from . import current, faults, signals, vault
 from . import payload as payload_json
-from .errors import Discard
+from .errors import Cancelled, Discard
 from .handlers import HandlerSpec
 from .loop import WAKE, Counts, Run, empty_counts
-from .models import DEAD, RETRYING, SUCCEEDED
-from .pool import ABANDONED, DONE, QUEUED, RUNNING, HandlerPool, WorkItem
+from .models import CANCELLED, DEAD, RETRYING, SUCCEEDED, utcnow
+from .pool import ABANDONED, DONE, QUEUED, RUNNING, HandlerPool, WorkItem, timeout_message
 from .retry import Backoff, delay_for
 from .store import Finish
 
@@ -129,6 +132,8 @@ class Runner:
         self.on_idle_wake: t.Callable[[], None] | None = None
         #: Called with the ids of batches that had a job end.
         self.on_batch_ended: t.Callable[[set[str]], object] | None = None
+        #: Jobs whose progress waits to be written (:mod:`.current`).
+        self.progress_board = current.Board()
 
     # -- running handlers (on pool threads) -------------------------------
 
@@ -170,18 +175,29 @@ class Runner:
             return self._outcome(item, DEAD, error=f"SecretsUnavailable: {exc}")
         try:
             payload = payload_json.loads(row.payload)
-            with self.app.app_context():
-                if signals.job_started.receivers:  # before building the arguments
-                    signals.send(signals.job_started, self.app, job_id=row.id,
-                                 job_type=row.job_type, attempt=row.attempts, payload=payload)
-                if secrets is None:
-                    value = item.spec.func(payload)
-                else:
-                    with vault.current_secrets(secrets):
-                        value = item.spec.func(payload)
-                # Flask-SQLAlchemy removes the job's session as the context pops
+            # current_job() builds its view of the job only if the handler asks
+            scope = current.enter(item, payload, self.store.job_control, self.progress_board)
+            try:
+                with self.app.app_context():
+                    if signals.job_started.receivers:  # before building the arguments
+                        signals.send(signals.job_started, self.app, job_id=row.id,
+                                     job_type=row.job_type, attempt=row.attempts,
+                                     payload=payload)
+                    if secrets is None:
+                        value = self._invoke(item, payload)
+                    else:
+                        with vault.current_secrets(secrets):
+                            value = self._invoke(item, payload)
+                    # Flask-SQLAlchemy removes the job's session as the context pops
+            finally:
+                current.leave(scope)
         except Discard as exc:
             return self._outcome(item, DEAD, error=vault.scrub(f"Discard: {exc}", secrets))
+        except Cancelled as exc:
+            log.info("job %s (%s) attempt %s cancelled", row.id, row.job_type, row.attempts)
+            return self._outcome(item, CANCELLED, error=vault.scrub(f"Cancelled: {exc}", secrets))
+        except _Expired:
+            return self.failure(item, timeout_message(item))
         except BaseException as exc:
             log.info("job %s (%s) attempt %s failed: %s", row.id, row.job_type, row.attempts,
                      type(exc).__name__)
@@ -194,6 +210,15 @@ class Runner:
             )
         return self._outcome(item, SUCCEEDED, result=text, value=value)
 
+    def _invoke(self, item: WorkItem, payload: dict[str, t.Any]) -> t.Any:
+        """Call the handler; await what an ``async def`` one returns, on an
+        event loop of this thread's own, within the attempt's timeout."""
+        value = item.spec.func(payload)
+        if item.spec.is_async or inspect.iscoroutine(value):
+            left = None if item.deadline is None else item.deadline - time.monotonic()
+            return asyncio.run(_awaited(value, left))
+        return value
+
     def _outcome(
         self, item: WorkItem, status: str, *, result: str | None = None,
         error: str | None = None, run_at: dt.datetime | None = None, value: t.Any = None,
@@ -202,8 +227,12 @@ class Runner:
         if error is not None:
             error = _storable(error)
         duration = None if item.started is None else time.monotonic() - item.started
-        return Finish(row.id, row.token, status, result, error, run_at, row.job_type,
-                      row.attempts, duration, value, row.batch_id)
+        finish = Finish(row.id, row.token, status, result, error, run_at, row.job_type,
+                        row.attempts, duration, value, row.batch_id)
+        job = item.current
+        if job is not None:  # the handler asked for it: its last progress goes along
+            finish.progress = job.take_progress(self.clock() - utcnow())
+        return finish
 
     def failure(self, item: WorkItem, error: str) -> Finish:
         """The outcome of a failed attempt: retried after the backoff, or dead."""
@@ -365,7 +394,7 @@ class Runner:
         elif o.status == RETRYING:
             signals.send(signals.job_retried, self.app, error=o.error, run_at=o.run_at,
                          **common)
-        elif signals.job_dead.has_receivers_for(self.app):
+        elif o.status == DEAD and signals.job_dead.has_receivers_for(self.app):
             signals.send(signals.job_dead, self.app, error=o.error, job=self._job(o.id),
                          **common)
 
@@ -438,7 +467,8 @@ class Runner:
                 for job_id, job_type, status, _batch in recovered:
                     signals.send(signals.job_rescued, self.app, job_id=job_id,
                                  job_type=job_type, status=status)
-        self.batches_ended(batch for _i, _t, status, batch in recovered if status == DEAD)
+        self.batches_ended(batch for _i, _t, status, batch in recovered
+                           if status in (DEAD, CANCELLED))
         return recovered
 
     def begin_shutdown(self, timeout: float) -> None:
@@ -467,6 +497,25 @@ class Runner:
         if not self._closed:
             self._closed = True
             self.pool.close(self.settings.concurrency)
+
+
+class _Expired(Exception):
+    """An ``async def`` handler's attempt ran out of time."""
+
+
+async def _awaited(awaitable: t.Any, seconds: float | None) -> t.Any:
+    """Await ``awaitable`` for at most ``seconds``: then cancel it and raise
+    :class:`_Expired` (a ``TimeoutError`` of the handler's own stays its own)."""
+    task = asyncio.ensure_future(awaitable)
+    if seconds is None:
+        return await task
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, seconds))
+    if not done:
+        task.cancel()
+        with contextlib.suppress(BaseException):  # let it clean up; its end is ignored
+            await task
+        raise _Expired
+    return task.result()
 
 
 def _outcome_receivers() -> bool:

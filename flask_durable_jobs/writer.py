@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import queue
 import threading
 import typing as t
 
 from . import faults
+
+log = logging.getLogger("flask_durable_jobs")
 
 if t.TYPE_CHECKING:
     import datetime as dt
@@ -74,6 +77,35 @@ class Writer:
             self._finish(self._loop_pin, future, outcomes, now)
         self.writing, self._future = outcomes, future
 
+    def progress(self, updates: list[tuple[int, str, str]]) -> None:
+        """Write handlers' progress, (id, lease token, JSON text) each: after
+        the outcomes sent before, on the same thread, nothing waiting for it.
+        Progress is advisory: a failed write is logged, and the handler's
+        next report (or its outcome, which carries any report not taken
+        yet) writes a newer value."""
+        if self._store.concurrent_writes:
+            self._ensure_thread()
+            self._calls.put(updates)
+        else:
+            self._write_progress(self._loop_pin, updates)
+
+    def _write_progress(self, pin: Pin, updates: list[tuple[int, str, str]]) -> None:
+        try:
+            pin.hold()
+            self._store.write_progress(updates)
+        except Exception as exc:
+            if faults.lost_connection(exc):
+                pin.drop()
+            log.warning("durable jobs: writing the progress of %d jobs failed: %s",
+                        len(updates), faults.summary(exc))
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._main, name="durable-jobs-writer", daemon=True
+            )
+            self._thread.start()
+
     def take(self) -> tuple[list[Finish], concurrent.futures.Future[set[int]]] | None:
         """The write in flight, to settle; ``None`` if there is none."""
         if self._future is None:
@@ -98,7 +130,10 @@ class Writer:
         pin = Pin(self._store)
         try:
             while (call := self._calls.get()) is not None:
-                self._finish(pin, *call)
+                if isinstance(call, list):
+                    self._write_progress(pin, call)
+                else:
+                    self._finish(pin, *call)
         finally:
             pin.drop()
 
