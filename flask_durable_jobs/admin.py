@@ -54,6 +54,7 @@ from . import masking, openapi, schemas
 from .errors import InvalidTransition, JobNotFound
 from .extension import get_state
 from .health import health_report
+from .models import RUNNING
 from .openapi import operation
 from .schemas import echo
 
@@ -451,10 +452,17 @@ def retry_job(job_id: str) -> Response:
 
 
 @blueprint.post("/<durable_jobs_id:job_id>/cancel", **_route_options)
-@operation("cancelJob", "pending or retrying -> cancelled", path=_JOB_ID,
-           errors=_JOB_ERRORS, responses={200: (schemas.Job, "The job, now cancelled.")})
+@operation("cancelJob", "pending or retrying -> cancelled; running -> cancel requested",
+           path=_JOB_ID, errors=_JOB_ERRORS,
+           responses={200: (schemas.Job, "The job, now cancelled."),
+                      202: (schemas.Job, "The job, still running: a cancel was requested;"
+                            " it ends cancelled unless its handler returns normally.")})
 def cancel_job(job_id: str) -> Response:
-    return jsonify(masking.public_job(_ext().cancel(_job_id(job_id))))
+    job = _ext().cancel(_job_id(job_id))
+    response = jsonify(masking.public_job(job))
+    if job.status == RUNNING:
+        response.status_code = 202
+    return response
 
 
 @blueprint.delete("/<durable_jobs_id:job_id>", **_route_options)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 
 from . import config as config_module
+from . import control as control_module
 from . import enqueue as enqueue_module
 from . import handlers as handlers_module
 from . import periodic as periodic_module
@@ -450,12 +451,18 @@ class DurableJobs:
         return job
 
     def cancel(self, job_id: int) -> Job:
-        """Cancel a ``pending`` or ``retrying`` job."""
-        state = get_state()
-        job = state.store.cancel(job_id, state.now())
-        if job.batch_id is not None:
-            state.finish_batches([job.batch_id])
-        return job
+        """Cancel a ``pending`` or ``retrying`` job; ask a ``running`` one to
+        stop (it stays running, ``cancel_requested_at`` set, and is never retried)."""
+        return control_module.cancel(get_state(), job_id)
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        """Block until the job is ``succeeded``, ``dead`` or ``cancelled`` and
+        return it; ``TimeoutError`` after ``timeout`` seconds."""
+        return control_module.wait(get_state(), job_id, timeout)
+
+    def get_by_key(self, idempotency_key: str) -> Job | None:
+        """The job enqueued with this idempotency key, or ``None``."""
+        return control_module.get_by_key(get_state(), idempotency_key)
 
     # -- batches ---------------------------------------------------------------------
 
