@@ -507,3 +507,86 @@ def test_the_job_json_carries_progress_and_cancel_requested_at(
     data = jobs.enqueue("j", {}).to_dict()
     assert data["progress"] is None and data["cancel_requested_at"] is None
     json.dumps(data)
+
+
+# -- across processes -----------------------------------------------------------------------
+
+
+def test_wait_and_cancel_from_another_process_than_the_one_running_the_job(
+    app: Flask, jobs: DurableJobs, database_url: str
+) -> None:
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    jobs.handler("control.slow")(lambda payload: None)  # enqueued here, run over there
+    jobs.handler("control.until_cancelled")(lambda payload: None)
+    slow = jobs.enqueue("control.slow", {"seconds": 1.5})
+    endless = jobs.enqueue("control.until_cancelled", {"seconds": 60})
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TEST_DB_URL": database_url, "WORK_SECONDS": "40",
+           "PYTHONPATH": str(root)}
+    worker = subprocess.Popen([sys.executable, "-m", "tests.procs.control_app"], cwd=root,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        finished = jobs.wait(slow.id, timeout=60)
+        assert finished.status == "succeeded"
+        assert finished.result == {"pid": worker.pid}
+        assert finished.progress is not None and finished.progress["message"] == "done"
+        assert jobs.get(endless.id).status == "running"  # type: ignore[union-attr]
+        asked = jobs.cancel(endless.id)
+        assert asked.status == "running"
+        ended = jobs.wait(endless.id, timeout=30)
+        assert (ended.status, ended.attempts) == ("cancelled", 1)
+        assert (ended.last_error or "").startswith("Cancelled:")
+    finally:
+        worker.kill()
+        output = worker.communicate(timeout=30)[0]
+    assert "ready" in output, output
+
+
+def test_revision_0002_upgrades_a_0001_database_holding_jobs(database_url: str) -> None:
+    import sqlalchemy as sa
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_durable_jobs.migrations import HEAD, current, upgrade
+    from tests.helpers import close
+
+    app = Flask("upgrade_0001")
+    app.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False)
+    db = SQLAlchemy(app)
+    jobs = DurableJobs(app, db=db)
+
+    @jobs.handler("old")
+    def old(payload: dict[str, t.Any]) -> int:
+        job = current_job()
+        assert job is not None
+        job.progress(1, message="upgraded")
+        return int(payload["n"])
+
+    with app.app_context():
+        try:
+            upgrade(db.engine, "0001")
+            columns = {c["name"] for c in sa.inspect(db.engine).get_columns("durable_jobs")}
+            assert "progress" not in columns and "cancel_requested_at" not in columns
+            now = dt.datetime.now(dt.timezone.utc)
+            with db.engine.begin() as conn:  # a job written by the previous version
+                conn.execute(sa.text(
+                    "INSERT INTO durable_jobs (job_type, queue, status, payload, attempts,"
+                    " max_attempts, priority, run_at, created_at, updated_at, orphan_policy,"
+                    " callback_attempts) VALUES ('old', 'default', 'pending', :payload, 0, 3,"
+                    " 0, :now, :now, :now, 'retry', 0)"
+                ), {"payload": json.dumps({"n": 5}), "now": now})
+            upgrade(db.engine)
+            assert current(db.engine) == HEAD
+            (job,), total = jobs.list_jobs()
+            assert total == 1 and job.payload == {"n": 5}
+            assert job.progress is None and job.cancel_requested_at is None
+            assert jobs.drain()["succeeded"] == 1
+            done = jobs.get(job.id)
+            assert done is not None and done.result == 5
+            assert done.progress is not None and done.progress["message"] == "upgraded"
+        finally:
+            close(jobs, db)
