@@ -322,11 +322,24 @@ def test_cancel(api: t.Any, jobs: DurableJobs, db: SQLAlchemy, start: str) -> No
     assert stored is not None and stored.status == "cancelled"
 
 
-@pytest.mark.parametrize("start", ["running", "succeeded", "dead", "cancelled"])
+@pytest.mark.parametrize("start", ["succeeded", "dead", "cancelled"])
 def test_cancel_refused(api: t.Any, jobs: DurableJobs, db: SQLAlchemy, start: str) -> None:
     job_id = make_job(jobs, db, start)
     message = assert_error(api.post(f"{PREFIX}/{job_id}/cancel"), 409, "conflict")
     assert repr(start) in message
+
+
+def test_cancel_of_a_running_job_is_a_request(
+    api: t.Any, jobs: DurableJobs, db: SQLAlchemy
+) -> None:
+    job_id = make_job(jobs, db, "running")
+    response = api.post(f"{PREFIX}/{job_id}/cancel")
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "running" and body["cancel_requested_at"] is not None
+    stored = jobs.get(job_id)
+    assert stored is not None and stored.status == "running"
+    assert stored.cancel_requested_at is not None
 
 
 @pytest.mark.parametrize("start", ["pending", "retrying", "succeeded", "dead", "cancelled"])
