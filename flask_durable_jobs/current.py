@@ -215,12 +215,21 @@ class CurrentJob:
         return head[:-1] + ',"data":' + data + "}"
 
 
-def enter(item: WorkItem, payload: dict[str, t.Any], lookup: Lookup,
-          board: Board) -> contextvars.Token[Scope | None]:
-    """Make ``item`` the job of this context (undo with :func:`leave`); cheap:
-    nothing is built until the handler calls :func:`current_job`."""
-    return _current.set((item, payload, lookup, board))
+class Running:
+    """``with Running(item, payload, lookup, board):`` makes ``item`` the job
+    of this context; cheap: nothing is built until the handler calls
+    :func:`current_job`."""
 
+    __slots__ = ("scope", "token")
 
-def leave(token: contextvars.Token[Scope | None]) -> None:
-    _current.reset(token)
+    def __init__(self, item: WorkItem, payload: dict[str, t.Any], lookup: Lookup,
+                 board: Board) -> None:
+        self.scope: Scope = (item, payload, lookup, board)
+        self.token: contextvars.Token[Scope | None] | None = None
+
+    def __enter__(self) -> None:
+        self.token = _current.set(self.scope)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.token is not None:
+            _current.reset(self.token)

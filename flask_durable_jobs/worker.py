@@ -176,21 +176,18 @@ class Runner:
         try:
             payload = payload_json.loads(row.payload)
             # current_job() builds its view of the job only if the handler asks
-            scope = current.enter(item, payload, self.store.job_control, self.progress_board)
-            try:
-                with self.app.app_context():
-                    if signals.job_started.receivers:  # before building the arguments
-                        signals.send(signals.job_started, self.app, job_id=row.id,
-                                     job_type=row.job_type, attempt=row.attempts,
-                                     payload=payload)
-                    if secrets is None:
+            with self.app.app_context(), current.Running(
+                item, payload, self.store.job_control, self.progress_board
+            ):
+                if signals.job_started.receivers:  # before building the arguments
+                    signals.send(signals.job_started, self.app, job_id=row.id,
+                                 job_type=row.job_type, attempt=row.attempts, payload=payload)
+                if secrets is None:
+                    value = self._invoke(item, payload)
+                else:
+                    with vault.current_secrets(secrets):
                         value = self._invoke(item, payload)
-                    else:
-                        with vault.current_secrets(secrets):
-                            value = self._invoke(item, payload)
-                    # Flask-SQLAlchemy removes the job's session as the context pops
-            finally:
-                current.leave(scope)
+                # Flask-SQLAlchemy removes the job's session as the context pops
         except Discard as exc:
             return self._outcome(item, DEAD, error=vault.scrub(f"Discard: {exc}", secrets))
         except Cancelled as exc:
