@@ -55,6 +55,10 @@ Lookup = t.Callable[[int], "tuple[str | None, str | None, bool] | None"]
 #: board); :func:`current_job` builds the :class:`CurrentJob` from it on first use.
 Scope = tuple["WorkItem", dict[str, t.Any], Lookup, "Board"]
 
+#: Strict, compact JSON; one encoder for every call (``json.dumps`` with
+#: options builds a new one each time).
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
 _current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
     "durable_jobs_current_job", default=None
 )
@@ -188,11 +192,14 @@ class CurrentJob:
             if len(message) > MAX_MESSAGE_CHARS or "\x00" in message:
                 raise ValueError(f"message must be at most {MAX_MESSAGE_CHARS} characters"
                                  " without NUL")
-        try:
-            payload_json.check(data, root="data")
-            text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"data must be JSON: {exc}") from None
+        if data is None:
+            text = "null"
+        else:
+            try:
+                payload_json.check(data, root="data")
+                text = _encode(data)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"data must be JSON: {exc}") from None
         if len(text) > MAX_DATA_BYTES:
             raise ValueError(f"data is {len(text)} characters of JSON, over the limit of"
                              f" {MAX_DATA_BYTES}")
@@ -210,8 +217,8 @@ class CurrentJob:
         if pending is None:
             return None
         fraction, message, data, at = pending
-        head = json.dumps({"fraction": fraction, "message": message,
-                           "at": (at + offset).isoformat()}, separators=(",", ":"))
+        head = _encode({"fraction": fraction, "message": message,
+                        "at": (at + offset).isoformat()})
         return head[:-1] + ',"data":' + data + "}"
 
 
