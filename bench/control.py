@@ -6,14 +6,18 @@ report progress against plain ones, measured side by side in one run::
 
 Each measurement is its own process (a fresh database, ``enqueue_many`` of
 ``n`` jobs, then the timed ``jobs.drain()``), run in turns (base, this code,
-this code with progress) so that the shared machine's load falls on all of
-them alike. Writes ``bench/results/control.json``; ratios are medians.
+this code with progress; each first in turn) so that the shared machine's
+load falls on all of them alike. Writes ``bench/results/control.json``; ratios are medians.
 
 * ``plain/base``: this code over the base commit, plain jobs (no progress
   call): the finish statement now also writes progress and, on PostgreSQL,
   sends one NOTIFY per batch of outcomes.
 * ``progress/plain``: each job reports its progress once (written with its
   outcome), over plain jobs.
+
+``--finish-ab`` times the PostgreSQL finish statement alone, as shipped
+(with its NOTIFY) and without the NOTIFY, on batches of 10 claimed jobs,
+alternating; writes ``bench/results/control_finish.json``.
 """
 
 from __future__ import annotations
@@ -93,14 +97,73 @@ def measure(backend: str, n: int, progress: bool) -> dict[str, object]:
             "library": str(Path(flask_durable_jobs.__file__).parent)}
 
 
+def finish_ab(rounds: int) -> None:
+    """The finish statement with and without its NOTIFY, in turns."""
+    import datetime as dt
+    import uuid
+
+    from common import pg_url, temp_db
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_durable_jobs import DurableJobs
+    from flask_durable_jobs.extension import get_state
+    from flask_durable_jobs.store import Finish, make_store
+
+    with temp_db("control_finish") as name:
+        db = SQLAlchemy()
+        jobs = DurableJobs()
+        jobs.handler("noop")(lambda payload: None)
+        app = Flask("bench_control_finish")
+        app.config.update(SQLALCHEMY_DATABASE_URI=pg_url(name), DURABLE_JOBS_SCHEDULER=False)
+        db.init_app(app)
+        jobs.init_app(app, db=db)
+        with app.app_context():
+            db.create_all()
+            for _ in range(0, rounds * 20, 1000):
+                jobs.enqueue_many("noop", [{} for _ in range(1000)])
+            shipped = get_state().store
+            quiet = make_store(shipped.engine, shipped.table, shipped.batches)
+            text = quiet.queries["finish"]
+            quiet.queries["finish"] = (text[text.index("UPDATE"):text.index("RETURNING j.id")]
+                                       + "RETURNING j.id, j.status")
+            times: dict[str, list[float]] = {"with NOTIFY": [], "without": []}
+            now = dt.datetime.now(dt.timezone.utc)
+            for _ in range(rounds):
+                for label, store in (("with NOTIFY", shipped), ("without", quiet)):
+                    token = uuid.uuid4().hex
+                    rows = store.claim(job_types=["noop"], queues=None, limit=10, now=now,
+                                       lease_until=now + dt.timedelta(minutes=5), token=token,
+                                       worker_id="bench")
+                    outcomes = [Finish(r.id, r.token, "succeeded", "null") for r in rows]
+                    began = time.perf_counter()
+                    store.finish(outcomes, now)
+                    times[label].append(time.perf_counter() - began)
+            jobs.stop()
+            db.engine.dispose()
+    medians = {label: statistics.median(values) * 1e6 for label, values in times.items()}
+    report = {"rounds": rounds, "batch": 10, "median_us": medians,
+              "ratio": round(medians["with NOTIFY"] / medians["without"], 3)}
+    (BENCH_DIR / "results" / "control_finish.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--base", default="d3883a6")
     parser.add_argument("--backends", default="pg,sqlite")
+    parser.add_argument("--finish-ab", type=int, metavar="ROUNDS", default=0)
     parser.add_argument("--one", nargs=2, metavar=("BACKEND", "PROGRESS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.finish_ab:
+        try:
+            import flask_sqlalchemy  # noqa: F401
+        except ImportError:  # not in a venv with the package: run in one that has it
+            os.execv(_python(), [_python(), __file__, *sys.argv[1:]])
+        finish_ab(args.finish_ab)
+        return
     if args.one:
         print("BENCH-RESULT " + json.dumps(measure(args.one[0], args.n, args.one[1] == "1")))
         return
@@ -113,8 +176,9 @@ def main() -> None:
         samples: dict[str, dict[str, list[float]]] = {}
         for backend in args.backends.split(","):
             samples[backend] = {variant: [] for variant in VARIANTS}
-            for _rep in range(args.reps):
-                for variant in VARIANTS:
+            for rep in range(args.reps):
+                # each variant goes first in turn: no place in the order favours one
+                for variant in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:
                     env = {**os.environ, "PYTHONPATH": f"{sources[variant]}{os.pathsep}{BENCH_DIR}"}
                     out = subprocess.run(
                         [_python(), __file__, "--n", str(args.n), "--one", backend,
