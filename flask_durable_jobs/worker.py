@@ -499,8 +499,14 @@ class Runner:
             return sum(run.unwritten_count() for run in self._open_runs)
 
     def beat(self) -> None:
-        """Renew this process's registry record when due; a failure is logged,
-        never raised (the next beat tries again)."""
+        """Renew this process's registry record when due, on a thread of its
+        own: the run's thread never waits for it."""
+        if self.registration.due():
+            threading.Thread(target=self._beat, name="durable-jobs-registry",
+                             daemon=True).start()
+
+    def _beat(self) -> None:
+        """A failure is logged, never raised (the next beat tries again)."""
         try:
             with self._lock:
                 inflight = sum(len(run.inflight) for run in self._open_runs)
