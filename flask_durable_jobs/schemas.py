@@ -369,6 +369,13 @@ class SilentWorker(BaseModel):
     )
 
 
+class UnseenProcess(BaseModel):
+    """A registered process whose heartbeat has not renewed its record within a lease."""
+
+    id: str = Field(description="host:pid:suffix, as the jobs it runs hold in worker_id.")
+    last_seen_seconds: float = Field(ge=0, description="Seconds since its last heartbeat.")
+
+
 class Health(BaseModel):
     """The answering process: whether its scheduler is alive, whether the database
     answers, and the due backlog and expired leases of the whole database."""
@@ -422,6 +429,17 @@ class Health(BaseModel):
         description="Processes not seen within their lease: every running job they hold"
         " has an expired lease. Null when the database could not be read."
     )
+    processes: Count | None = Field(
+        default=None,
+        description="Processes in the registry (every process that runs the processor"
+        " renews its record with its heartbeat); null when the database could not be read.",
+    )
+    unseen_processes: list[UnseenProcess] | None = Field(
+        default=None,
+        description="Registry records not renewed within a lease: the process froze or"
+        " died (its record is removed after three leases). Null when the database could"
+        " not be read.",
+    )
     unwritten_outcomes: Count = Field(
         description="Finished jobs whose outcome this process keeps because the database"
         " did not take it; written once it answers. More than"
@@ -466,3 +484,38 @@ class ProcessCounts(BaseModel):
     succeeded: Count
     retried: Count
     dead: Count
+
+
+# -- queues and processes ------------------------------------------------------------
+
+QueueName = t.Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class Queue(BaseModel):
+    """A queue that has jobs or a stored state."""
+
+    name: str
+    paused: bool = Field(description="No process starts its jobs; running ones finish.")
+    counts: CountsByStatus
+
+
+class QueueList(BaseModel):
+    items: list[Queue]
+
+
+class ProcessRecord(BaseModel):
+    """A process that runs the job processor, as its heartbeat last recorded it."""
+
+    id: str = Field(description="host:pid:suffix, as the jobs it runs hold in worker_id.")
+    host: str
+    pid: int
+    started_at: Timestamp
+    last_seen: Timestamp
+    queues: list[str] | None = Field(description="The queues it works; null: every queue.")
+    concurrency: Count = Field(description="Its handler threads.")
+    version: str = Field(description="Its flask-durable-jobs version.")
+    jobs_in_flight: Count = Field(description="Jobs it held at its last heartbeat.")
+
+
+class ProcessList(BaseModel):
+    items: list[ProcessRecord]
