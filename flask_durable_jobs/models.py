@@ -164,6 +164,7 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
     keyed = sa.text("idempotency_key IS NOT NULL")
     in_batch = sa.text("batch_id IS NOT NULL")
     callback_due = sa.text(CALLBACK_DUE_SQL)
+    owned = sa.text("owner IS NOT NULL")
     return sa.Table(
         TABLE_NAME,
         metadata,
@@ -250,6 +251,17 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
             postgresql_where=callback_due,
             sqlite_where=callback_due,
         ),
+        # The admin list's owner filter, newest first (keyset on id). Partial:
+        # jobs without an owner never write to it.
+        sa.Index(
+            "ix_durable_jobs_owner",
+            "owner",
+            "id",
+            postgresql_where=owned,
+            sqlite_where=owned,
+        ),
+        # The admin list's created_after / created_before window.
+        sa.Index("ix_durable_jobs_created", "created_at"),
     )
 
 

@@ -188,3 +188,30 @@ def test_openapi_lists_the_filters_and_bulk_routes(api: t.Any) -> None:
     assert bulk["parameters"][0]["schema"]["enum"] == ["retry", "cancel", "delete"]
     job_list = document["components"]["schemas"]["JobList"]["properties"]
     assert {"next_cursor", "total_exact"} <= job_list.keys()
+
+
+def test_revision_0004_adds_the_list_indexes_to_a_table_holding_jobs(database_url: str) -> None:
+    import alembic.command
+
+    from flask_durable_jobs.migrations import config, upgrade
+
+    app = Flask("lists_migration")
+    app.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False)
+    db = SQLAlchemy(app)
+    jobs = DurableJobs(app, db=db)
+    jobs.handler("t.ok")(lambda payload: payload)
+    with app.app_context():
+        upgrade(db.engine, "0003")
+        names = {index["name"] for index in sa.inspect(db.engine).get_indexes(TABLE_NAME)}
+        assert "ix_durable_jobs_owner" not in names
+        job = jobs.enqueue("t.ok", {"n": 1}, owner="ann")
+        upgrade(db.engine)
+        names = {index["name"] for index in sa.inspect(db.engine).get_indexes(TABLE_NAME)}
+        assert {"ix_durable_jobs_owner", "ix_durable_jobs_created"} <= names
+        assert [found.id for found in jobs.list_page(owner="ann").items] == [job.id]
+        with db.engine.begin() as conn:  # and back
+            alembic.command.downgrade(config(conn), "0003")
+        names = {index["name"] for index in sa.inspect(db.engine).get_indexes(TABLE_NAME)}
+        assert "ix_durable_jobs_owner" not in names and jobs.get(job.id) is not None
+        jobs.stop()
+        db.engine.dispose()
