@@ -114,6 +114,7 @@ def test_created_window(api: t.Any, jobs: DurableJobs, db: SQLAlchemy) -> None:
         ("owner=", "owner"),
         ("batch_id=a%00b", "batch_id"),
         ("payload.=x", "payload.<field>"),
+        ("payload.a=", "payload.a must not be empty"),
         ("payload.a=1&payload.b=2", "payload filters one field"),
         ('payload.a"b=1', "payload.a\"b"),
         ("cursor=nonsense", "cursor"),
