@@ -182,6 +182,7 @@ def test_bulk_routes(client: t.Any, jobs: DurableJobs, seeded: dict[str, int]) -
         ({"ids": [1, True]}, "ids.1"),
         ({"ids": "1,2"}, "ids"),
         ({"status": "dead"}, "status"),
+        ({"ids": list(range(1, 10_002))}, "ids"),
         ([1, 2], "JSON object"),
     ],
 )
