@@ -228,3 +228,18 @@ INSERT INTO durable_jobs_processes (
 )
 VALUES (:id, :host, :pid, :started_at, :now, :queues, :concurrency, :version, :inflight)
 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, inflight = excluded.inflight
+
+
+-- name: payload_matches
+-- A condition of the admin list and the bulk actions (flask_durable_jobs.listing):
+-- the payload's top-level field :payload_field, in string form, equals
+-- :payload_value. A string compares as itself, a number or boolean as its
+-- JSON text (json_extract gives 1 for true, so booleans are spelled out);
+-- null, objects and arrays never match. The field name holds no quote
+-- (listing refuses one), so it can sit inside the quoted path label.
+(json_type(payload, '$."' || :payload_field || '"') IN ('text', 'integer', 'real', 'true', 'false')
+ AND CASE json_type(payload, '$."' || :payload_field || '"')
+         WHEN 'true' THEN 'true'
+         WHEN 'false' THEN 'false'
+         ELSE CAST(json_extract(payload, '$."' || :payload_field || '"') AS TEXT)
+     END = :payload_value)
