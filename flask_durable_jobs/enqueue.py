@@ -35,6 +35,9 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 #: conversion to a time zone (the database session's, a reader's) overflows.
 MIN_RUN_AT = dt.datetime.min.replace(tzinfo=UTC) + dt.timedelta(days=1)
 MAX_RUN_AT = dt.datetime.max.replace(tzinfo=UTC) - dt.timedelta(days=1)
+#: A new job's status as the plain string the drivers take without looking
+#: up an adapter for the enum.
+_NEW_STATUS = str(PENDING)
 
 
 # -- checks ------------------------------------------------------------------------
@@ -167,7 +170,7 @@ def _new_row(
         "queue": spec.queue if queue is None else queue,
         "priority": spec.priority if priority is None else priority,
         "max_attempts": spec.max_attempts if max_attempts is None else max_attempts,
-        "status": PENDING,
+        "status": _NEW_STATUS,
         "attempts": 0,
         "orphan_policy": spec.on_orphan,
         "callback_attempts": 0,
@@ -331,8 +334,9 @@ def enqueue(
     )
     if payload is None:
         payload = {}
-    payload_json.check_payload(payload, state.settings.max_payload_bytes)  # names the path
-    check_strings(payload)
+    # checked (naming the path) and written once: the text is what is stored
+    text = payload_json.dumps_payload(payload, state.settings.max_payload_bytes)
+    check_strings(payload, text=text)
     values["payload"] = payload
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255:
@@ -353,11 +357,12 @@ def enqueue(
     if commit and _idle(session):
         # Committing the session would commit the job alone: insert it in
         # a transaction of its own, without the session's machinery.
-        job, created = state.store.insert_now(values, state.app_engine)
+        with state.store.standalone_engine(state.app_engine).begin() as conn:
+            job, created = state.store.insert(conn, values, text)
         commit = False  # nothing left to commit; signal and wake below
         session = None
     else:
-        job, created = state.store.insert(session, values)
+        job, created = state.store.insert(session, values, text)
     _after_enqueue(
         state, session, commit, {job_type: [job.id] if created else []},
         job if created else None, due=job.run_at <= values["created_at"],
