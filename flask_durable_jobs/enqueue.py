@@ -17,7 +17,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from . import callbacks, signals
+from . import callbacks, signals, standalone
 from . import handlers as handlers_module
 from . import payload as payload_json
 from .errors import ConfigError
@@ -357,8 +357,7 @@ def enqueue(
     if commit and _idle(session):
         # Committing the session would commit the job alone: insert it in
         # a transaction of its own, without the session's machinery.
-        with state.store.standalone_engine(state.app_engine).begin() as conn:
-            job, created = state.store.insert(conn, values, text)
+        job, created = standalone.insert(state, values, text)
         commit = False  # nothing left to commit; signal and wake below
         session = None
     else:
