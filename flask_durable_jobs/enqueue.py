@@ -248,10 +248,10 @@ def job_values(
     ``LookupError`` when no handler is registered for it in this process."""
     if not isinstance(job_type, str):
         raise TypeError(f"job_type must be a string, got {type(job_type).__name__}")
-    check_text(job_type, "job_type")
     handlers = state.ext.handlers
-    spec = handlers.get(job_type)
+    spec = handlers.get(job_type)  # a registered name was checked at registration
     if spec is None:
+        check_text(job_type, "job_type")
         known = ", ".join(sorted(handlers)) or "none"
         raise LookupError(
             f"no handler registered for job type {job_type!r} in this process"
