@@ -54,8 +54,8 @@ from . import masking, openapi, schemas
 from .errors import InvalidTransition, JobNotFound
 from .extension import get_state
 from .health import health_report
-from .models import RUNNING
 from .listing import BULK_ALLOWED, PAYLOAD_PREFIX
+from .models import RUNNING
 from .openapi import operation
 from .schemas import echo
 

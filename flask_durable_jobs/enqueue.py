@@ -17,7 +17,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from . import callbacks, limits, signals
+from . import callbacks, limits, signals, standalone
 from . import handlers as handlers_module
 from . import payload as payload_json
 from .errors import ConfigError
@@ -35,6 +35,9 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 #: conversion to a time zone (the database session's, a reader's) overflows.
 MIN_RUN_AT = dt.datetime.min.replace(tzinfo=UTC) + dt.timedelta(days=1)
 MAX_RUN_AT = dt.datetime.max.replace(tzinfo=UTC) - dt.timedelta(days=1)
+#: A new job's status as the plain string the drivers take without looking
+#: up an adapter for the enum.
+_NEW_STATUS = str(PENDING)
 
 
 # -- checks ------------------------------------------------------------------------
@@ -167,7 +170,7 @@ def _new_row(
         "queue": spec.queue if queue is None else queue,
         "priority": spec.priority if priority is None else priority,
         "max_attempts": spec.max_attempts if max_attempts is None else max_attempts,
-        "status": PENDING,
+        "status": _NEW_STATUS,
         "attempts": 0,
         "orphan_policy": spec.on_orphan,
         "concurrency_key": limits.default_key(spec),
@@ -246,10 +249,10 @@ def job_values(
     ``LookupError`` when no handler is registered for it in this process."""
     if not isinstance(job_type, str):
         raise TypeError(f"job_type must be a string, got {type(job_type).__name__}")
-    check_text(job_type, "job_type")
     handlers = state.ext.handlers
-    spec = handlers.get(job_type)
+    spec = handlers.get(job_type)  # a registered name was checked at registration
     if spec is None:
+        check_text(job_type, "job_type")
         known = ", ".join(sorted(handlers)) or "none"
         raise LookupError(
             f"no handler registered for job type {job_type!r} in this process"
@@ -332,8 +335,9 @@ def enqueue(
     )
     if payload is None:
         payload = {}
-    payload_json.check_payload(payload, state.settings.max_payload_bytes)  # names the path
-    check_strings(payload)
+    # checked (naming the path) and written once: the text is what is stored
+    text = payload_json.dumps_payload(payload, state.settings.max_payload_bytes)
+    check_strings(payload, text=text)
     values["payload"] = payload
     if values["concurrency_key"] is not None:  # a limited handler's: by this payload
         values["concurrency_key"] = limits.key_for(state.ext.handlers[job_type], payload)
@@ -356,11 +360,11 @@ def enqueue(
     if commit and _idle(session):
         # Committing the session would commit the job alone: insert it in
         # a transaction of its own, without the session's machinery.
-        job, created = state.store.insert_now(values, state.app_engine)
+        job, created = standalone.insert(state, values, text)
         commit = False  # nothing left to commit; signal and wake below
         session = None
     else:
-        job, created = state.store.insert(session, values)
+        job, created = state.store.insert(session, values, text)
     _after_enqueue(
         state, session, commit, {job_type: [job.id] if created else []},
         job if created else None, due=job.run_at <= values["created_at"],

@@ -17,7 +17,7 @@ from . import config as config_module
 from . import control as control_module
 from . import enqueue as enqueue_module
 from . import handlers as handlers_module
-from . import listing
+from . import listing, standalone
 from . import periodic as periodic_module
 from .clock import DatabaseClock
 from .handlers import Handler, HandlerSpec
@@ -282,6 +282,7 @@ class DurableJobs:
 
         admin.register(app, self, settings)
         app.cli.add_command(cli.jobs_cli)
+        app.teardown_appcontext(standalone.release)
         if settings.metrics:  # optional: prometheus_client is imported only here
             from .metrics import init_app as init_metrics
             init_metrics(state)

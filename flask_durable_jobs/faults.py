@@ -124,6 +124,19 @@ def _readable(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
+def closed_while_held(conn: sa.Connection) -> bool:
+    """Whether the server closed the psycopg connection of ``conn``, an idle
+    connection kept checked out of its pool (which checks only at check-out,
+    see :func:`replace_closed_connections`). Looks at the socket, no round trip."""
+    if conn.dialect.driver != "psycopg":
+        return False
+    driver = conn.connection.driver_connection
+    try:
+        return bool(driver is None or driver.closed or _readable(driver.fileno()))
+    except Exception:  # no socket any more
+        return True
+
+
 def summary(exc: BaseException) -> str:
     """One line about ``exc`` for a log message."""
     if isinstance(exc, sa.exc.DBAPIError) and isinstance(exc.orig, BaseException):

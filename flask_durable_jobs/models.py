@@ -91,10 +91,35 @@ CALLBACK_DUE_SQL = f"callback_status = {sql_literal(CallbackStatus.PENDING)}"
 LIMITED_WAITING_SQL = f"{WAITING_SQL} AND concurrency_key IS NOT NULL"
 #: Running jobs of those handlers (counted per key by their claim).
 LIMITED_RUNNING_SQL = f"{RUNNING_SQL} AND concurrency_key IS NOT NULL"
+#: The columns an enqueue writes besides the payload, in the order every
+#: insert statement lists them (``{INSERT_COLUMNS}`` and its values in the
+#: SQL files): a new column of a new job is added here once. Each maps to the
+#: type a statement must cast its bind to where the database cannot infer it
+#: (a value selected rather than given in ``VALUES``), or ``None``.
+INSERT_COLUMNS: dict[str, str | None] = {
+    "job_type": None,
+    "queue": None,
+    "status": None,
+    "priority": "INTEGER",
+    "max_attempts": "INTEGER",
+    "attempts": "INTEGER",
+    "orphan_policy": None,
+    "callback_attempts": "INTEGER",
+    "run_at": None,
+    "created_at": None,
+    "updated_at": None,
+    "batch_id": None,
+    "idempotency_key": None,
+    "owner": None,
+    "secrets": None,
+    "callback_url": None,
+    "concurrency_key": None,
+}
 
 #: What the ``{NAME}`` placeholders of the SQL files (:mod:`flask_durable_jobs.sql`)
 #: stand for: each status as a literal (``{RUNNING}`` is ``'running'``,
-#: ``{CALLBACK_PENDING}`` a callback's), and the index conditions above.
+#: ``{CALLBACK_PENDING}`` a callback's), the index conditions above, and the
+#: new job's columns with their binds (:data:`INSERT_COLUMNS`).
 SQL_NAMES: dict[str, str] = {
     **{status.name: sql_literal(status) for status in Status},
     **{f"CALLBACK_{status.name}": sql_literal(status) for status in CallbackStatus},
@@ -104,6 +129,12 @@ SQL_NAMES: dict[str, str] = {
     "CALLBACK_DUE_SQL": CALLBACK_DUE_SQL,
     "LIMITED_WAITING_SQL": LIMITED_WAITING_SQL,
     "LIMITED_RUNNING_SQL": LIMITED_RUNNING_SQL,
+    "INSERT_COLUMNS": ", ".join(INSERT_COLUMNS),
+    "INSERT_VALUES": ", ".join(f":{name}" for name in INSERT_COLUMNS),
+    "INSERT_VALUES_CAST": ", ".join(
+        f":{name}" if cast is None else f"CAST(:{name} AS {cast})"
+        for name, cast in INSERT_COLUMNS.items()
+    ),
 }
 
 UTC = dt.timezone.utc

@@ -98,8 +98,12 @@ def check(value: t.Any, *, root: str = "payload") -> None:
     walk(value, root=root)
 
 
+#: Compact strict JSON, built once rather than by every ``json.dumps`` call.
+_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _dumps(value: t.Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _encoder.encode(value)
 
 
 def _check(payload: t.Any, max_bytes: int) -> None:

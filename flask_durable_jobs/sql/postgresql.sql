@@ -18,21 +18,25 @@
 -- by element.
 
 
+-- name: insert_job
+-- One new job (its payload a JSON text in :payload), the statement of a
+-- single enqueue: plain VALUES, whose binds take the columns' types. With
+-- an idempotency key already taken it inserts nothing and returns no row.
+INSERT INTO durable_jobs ({INSERT_COLUMNS}, payload)
+VALUES ({INSERT_VALUES}, CAST(:payload AS JSONB))
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+
+
 -- name: insert_jobs
 -- New jobs that differ only in payload (JSON texts, in :payloads); the ids
--- come back from one sequence in payload order. Every enqueue takes this
--- statement: one job or many, in the caller's transaction or alone. With an
--- idempotency key already taken it inserts nothing and returns no row.
-INSERT INTO durable_jobs (
-    job_type, queue, status, priority, max_attempts, attempts, orphan_policy,
-    callback_attempts, run_at, created_at, updated_at, batch_id, idempotency_key,
-    owner, secrets, callback_url, concurrency_key, payload
-)
-SELECT :job_type, :queue, :status, CAST(:priority AS INTEGER),
-       CAST(:max_attempts AS INTEGER), CAST(:attempts AS INTEGER), :orphan_policy,
-       CAST(:callback_attempts AS INTEGER), :run_at, :created_at, :updated_at,
-       :batch_id, :idempotency_key, :owner, :secrets, :callback_url, :concurrency_key,
-       CAST(p.payload AS JSONB)
+-- come back from one sequence in payload order. Every enqueue of more than
+-- one job takes this statement: enqueue_many and batches, in the caller's
+-- transaction. With an idempotency key already taken it inserts nothing
+-- and returns no row. Selected values take no column's type: the integers
+-- are cast ({INSERT_VALUES_CAST}).
+INSERT INTO durable_jobs ({INSERT_COLUMNS}, payload)
+SELECT {INSERT_VALUES_CAST}, CAST(p.payload AS JSONB)
 FROM unnest(CAST(:payloads AS TEXT[])) WITH ORDINALITY AS p(payload, ord)
 ORDER BY p.ord
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING

@@ -18,20 +18,25 @@
 -- clears it.
 
 
+-- name: insert_job
+-- One new job (its payload a JSON text in :payload), the statement of a
+-- single enqueue: plain VALUES, no JSON array to build and walk. With an
+-- idempotency key already taken it inserts nothing (the cursor's rowcount
+-- says 0); the new id is the connection's last rowid.
+INSERT INTO durable_jobs ({INSERT_COLUMNS}, payload)
+VALUES ({INSERT_VALUES}, :payload)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+
+
 -- name: insert_jobs
 -- New jobs that differ only in payload (a JSON array of the payloads, in
--- :payloads); the ids come back in payload order. Every enqueue takes this
--- statement: one job or many, in the caller's transaction or alone. With an
--- idempotency key already taken it inserts nothing and returns no row.
+-- :payloads); the ids come back in payload order. Every enqueue of more
+-- than one job takes this statement: enqueue_many and batches, in the
+-- caller's transaction. With an idempotency key already taken it inserts
+-- nothing and returns no row.
 -- (WHERE true: without it SQLite could read ON CONFLICT as a join's ON.)
-INSERT INTO durable_jobs (
-    job_type, queue, status, priority, max_attempts, attempts, orphan_policy,
-    callback_attempts, run_at, created_at, updated_at, batch_id, idempotency_key,
-    owner, secrets, callback_url, concurrency_key, payload
-)
-SELECT :job_type, :queue, :status, :priority, :max_attempts, :attempts, :orphan_policy,
-       :callback_attempts, :run_at, :created_at, :updated_at, :batch_id,
-       :idempotency_key, :owner, :secrets, :callback_url, :concurrency_key, value
+INSERT INTO durable_jobs ({INSERT_COLUMNS}, payload)
+SELECT {INSERT_VALUES}, value
 FROM json_each(:payloads)
 WHERE true
 ORDER BY key

@@ -28,6 +28,7 @@ from ..models import (
     CANCELLED,
     DEAD,
     ENDED_SQL,
+    INSERT_COLUMNS,
     JOB_COLUMNS,
     PENDING,
     RUNNING,
@@ -59,10 +60,6 @@ PRUNE_BATCH = 1000
 SWEEP_BATCH = 1000
 #: Jobs per INSERT statement.
 INSERT_CHUNK = 1000
-#: Columns of a new job that an enqueue may leave out (NULL).
-OPTIONAL_COLUMNS: dict[str, None] = dict.fromkeys(
-    ("batch_id", "idempotency_key", "owner", "secrets", "callback_url", "concurrency_key")
-)
 #: The order a claim's rows start in: the claim query's (priority, run_at, id),
 #: from the two sort columns the claim returns last.
 CLAIM_ORDER = operator.itemgetter(7, 8, 0)
@@ -85,6 +82,8 @@ class Store(abc.ABC, JobControl):
         self.batches = batches
         self._local = threading.local()  # the connection pinned by this thread, if any
         self._columns = [table.c[name] for name in JOB_COLUMNS]
+        #: A new job's columns that an enqueue may leave out (NULL).
+        self.optional = dict.fromkeys(n for n in INSERT_COLUMNS if table.c[n].nullable)
         #: This database's named statements, statuses and conditions filled in.
         self.queries: dict[str, str] = {
             name: text.format_map(SQL_NAMES) for name, text in sql.load(self.dialect).items()
@@ -219,28 +218,36 @@ class Store(abc.ABC, JobControl):
         texts), on ``conn``, in its transaction; returns the new ids in payload
         order (none if ``values`` has an idempotency key already taken).
 
-        Every enqueue comes here: one statement, the database's
-        ``insert_jobs``, sent by :meth:`send`. The unique index on the key
-        decides between concurrent enqueues, also across processes.
-        """
-        params = {**OPTIONAL_COLUMNS, **values, "payloads": self.payload_list(payloads)}
+        Every enqueue comes here: one statement, ``insert_job`` for one job
+        (:meth:`insert_one`), ``insert_jobs`` for more. The unique index on the
+        key decides between concurrent enqueues, also across processes."""
+        params = {**self.optional, **values}
+        if len(payloads) == 1:
+            params["payload"] = payloads[0]
+            job_id = self.insert_one(conn, params)
+            return [] if job_id is None else [job_id]
+        params["payloads"] = self.payload_list(payloads)
         rows = self.send(conn, "insert_jobs", params).fetchall()
         # ids come from one sequence in insertion order, which is payload order
         return sorted([row[0] for row in rows])
+
+    def insert_one(self, conn: sa.Connection, params: dict[str, t.Any]) -> int | None:
+        """Send ``insert_job``: the new id, or ``None`` when the key was taken."""
+        return self.send(conn, "insert_job", params).scalar()
 
     @abc.abstractmethod
     def payload_list(self, payloads: t.Sequence[str]) -> str:
         """JSON texts as the one parameter ``insert_jobs`` reads them from."""
 
-    def insert(self, target: Target, values: dict[str, t.Any]) -> tuple[Job, bool]:
-        """Insert one job (``values`` with its ``payload``, a dict) in the
-        caller's transaction; returns (job, created).
+    def insert(self, target: Target, values: dict[str, t.Any], text: str = "") -> tuple[Job, bool]:
+        """Insert one job (``values`` with its ``payload``, a dict, and its JSON
+        ``text`` if the caller has it) in the caller's transaction; returns (job, created).
 
         With an idempotency key already taken, nothing is inserted and the
         existing job is returned.
         """
         conn = connection_of(target)
-        ids = self.insert_rows(conn, values, [json.dumps(values["payload"])])
+        ids = self.insert_rows(conn, values, [text or json.dumps(values["payload"])])
         if ids:
             return self._job_from(ids[0], values), True
         existing = conn.execute(
@@ -249,16 +256,10 @@ class Store(abc.ABC, JobControl):
         ).one()
         return self.to_job(existing), False
 
-    def insert_now(self, values: dict[str, t.Any], app_engine: sa.Engine) -> tuple[Job, bool]:
-        """Insert one job in a short transaction of its own, durable when this
-        returns (the engine: :meth:`standalone_engine`)."""
-        with self.standalone_engine(app_engine).begin() as conn:
-            return self.insert(conn, values)
-
     @abc.abstractmethod
     def standalone_engine(self, app_engine: sa.Engine) -> sa.Engine:
-        """The engine for an enqueue that commits alone: one whose commits are
-        as durable as the app's own."""
+        """The engine for an enqueue that commits alone (:mod:`..standalone`):
+        one whose commits are as durable as the app's own."""
 
     def insert_many(
         self, target: Target, shared: dict[str, t.Any], payloads: list[str]
