@@ -47,6 +47,17 @@ RETURNING id
 -- primary key (a join with the subquery can plan a scan of the table).
 -- Without :with_secrets, jobs carrying secrets wait for a process that has a
 -- key. The payload goes out as text: the handler's thread decodes it.
+-- The two SET LOCAL make the ordered scan of the due index the only plan,
+-- whatever the statistics say: a table never analysed (a burst into a new
+-- or long-quiet table) looks empty to the planner, which then prefers a
+-- bitmap scan of every due row and a sort, per claim (a drain would be
+-- quadratic). They last for this statement's implicit transaction only (the
+-- store sends the three as one query string).
+-- :after_* is a position in the due index (store/claimscan.py): during a
+-- long drain the scan starts past the last job claimed instead of walking
+-- the dead entries of every job claimed since the oldest open snapshot.
+SET LOCAL enable_bitmapscan = off;
+SET LOCAL enable_sort = off;
 UPDATE durable_jobs AS j
 SET status = {RUNNING}, attempts = j.attempts + 1, lease_token = :token,
     lease_expires_at = :lease, worker_id = :worker, started_at = :now, updated_at = :now
@@ -56,6 +67,10 @@ WHERE j.id = ANY(ARRAY(
       AND job_type = ANY(CAST(:types AS TEXT[]))
       AND (CAST(:queues AS TEXT[]) IS NULL OR queue = ANY(CAST(:queues AS TEXT[])))
       AND (:with_secrets OR secrets IS NULL)
+      AND (CAST(:after_priority AS INTEGER) IS NULL
+           OR (priority, run_at, id) > (CAST(:after_priority AS INTEGER),
+                                        CAST(:after_run_at AS TIMESTAMPTZ),
+                                        CAST(:after_id AS BIGINT)))
     ORDER BY priority, run_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED

@@ -8,10 +8,12 @@ library's own engine autocommits: each statement is a transaction of its own.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import typing as t
 
 import sqlalchemy as sa
 
+from . import claimscan
 from .base import CLAIM_ORDER, SWEEP_BATCH, Store
 from .records import ClaimedRow, Finish, Watcher
 
@@ -42,6 +44,11 @@ def text_array(values: t.Iterable[str | None]) -> str:
 class PostgresStore(Store):
     dialect = "postgresql"
     concurrent_writes = True
+
+    def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
+        super().__init__(engine, table, batches)
+        #: Where each kind of claim starts reading the due index.
+        self.scans = claimscan.ClaimScans()
 
     @classmethod
     def build_engine(
@@ -103,13 +110,39 @@ class PostgresStore(Store):
             "with_secrets": with_secrets, "limit": limit, "token": token,
             "lease": lease_until, "worker": worker_id,
         }
-        with self._raw() as cur:
-            cur.execute(*self._driver("claim", params))
-            rows = cur.fetchall()
+        kind = (tuple(job_types), None if queues is None else tuple(queues), with_secrets)
+        start = self.scans.start(kind)
+        rows = self._claim_from(kind, start, params)
+        if start is not None and len(rows) < limit:
+            # past the position the backlog ran out: the rest from the start
+            rows += self._claim_from(kind, None, {**params, "limit": limit - len(rows)})
         rows.sort(key=CLAIM_ORDER)
         # payload as text, decoded by the handler's thread: the claiming
         # thread is the one every job of the batch waits for
         return [ClaimedRow(r[0], r[1], r[2], r[3], r[4], token, r[5], r[6]) for r in rows]
+
+    def _claim_from(self, kind: claimscan.Kind, start: claimscan.Position | None,
+                    params: dict[str, t.Any]) -> list[t.Any]:
+        """One claim statement reading the due index from ``start``."""
+        import psycopg
+
+        began = time.monotonic()
+        with self._raw() as cur:
+            # client-side binding: the statement is three (SET LOCAL, SET
+            # LOCAL, UPDATE) in one implicit transaction
+            client = psycopg.ClientCursor(cur.connection)
+            client.execute(*self._driver("claim", {**params, **claimscan.params(start)}))
+            while client.nextset():
+                pass
+            rows = client.fetchall()
+            client.close()
+        last = max(rows, key=CLAIM_ORDER) if rows else None
+        self.scans.record(
+            kind, start, params["limit"],
+            None if last is None else (last[7], last[8], last[0]),
+            len(rows), time.monotonic() - began,
+        )
+        return rows
 
     def finish(self, outcomes: t.Sequence[Finish], now: dt.datetime) -> set[int]:
         if not outcomes:

@@ -1,0 +1,174 @@
+"""The claim under a burst into a never-analysed table and under an old snapshot."""
+
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_durable_jobs import DurableJobs
+from flask_durable_jobs.store import claimscan
+
+UTC = dt.timezone.utc
+
+
+def state(app: Flask) -> t.Any:
+    return app.extensions["durable_jobs"]
+
+
+def pg_only(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL planner and MVCC")
+
+
+def conninfo(database_url: str) -> str:
+    return sa.make_url(database_url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+
+
+def claim_kwargs(app: Flask, limit: int, token: str) -> dict[str, t.Any]:
+    now = state(app).now()
+    return {"job_types": ["t"], "queues": None, "limit": limit, "now": now,
+            "lease_until": now + dt.timedelta(seconds=60), "token": token, "worker_id": "w"}
+
+
+def explain(database_url: str, sql: str, params: dict[str, t.Any]) -> str:
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)
+        cur.execute(sql, params)
+        while cur.nextset():
+            pass
+        return "\n".join(row[0] for row in cur.fetchall())
+
+
+def test_claim_reads_the_due_index_in_order_on_a_table_never_analysed(
+    app: Flask, jobs: DurableJobs, database_url: str
+) -> None:
+    """A burst into a new table: the planner has no statistics and believes
+    the table nearly empty. The claim must still be an ordered scan of the due
+    index under the LIMIT, not a bitmap scan of every due row and a sort."""
+    pg_only(database_url)
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        # autovacuum must not analyse the table behind the test's back
+        conn.execute("ALTER TABLE durable_jobs SET (autovacuum_enabled = false)")
+    jobs.handler("t")(lambda p: None)
+    jobs.enqueue_many("t", [{}] * 30_000)
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        reltuples, analysed = conn.execute(
+            "SELECT c.reltuples, s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL"
+            " FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid"
+            " WHERE c.relname = 'durable_jobs'").fetchone()  # type: ignore[misc]
+    assert reltuples < 0 and not analysed  # never analysed
+    store = state(app).store
+    values = {"now": state(app).now(), "types": "{t}", "queues": None, "with_secrets": True,
+              "limit": 100, "token": "x" * 32, "lease": state(app).now(), "worker": "w"}
+
+    def claim_plan(position: claimscan.Position | None, settings: bool = True) -> str:
+        statement = store.statement("claim", store.engine.dialect)
+        sql = statement.sql.replace("UPDATE durable_jobs AS j", "EXPLAIN UPDATE durable_jobs AS j")
+        if not settings:
+            sql = sql.split(";", 2)[2]
+        return explain(database_url, sql, statement.params(
+            store.to_driver({**values, **claimscan.params(position)})))
+
+    plan = claim_plan(None)
+    assert "Index Scan using ix_durable_jobs_due" in plan, plan
+    assert "Bitmap" not in plan and "Sort" not in plan and "Seq Scan" not in plan, plan
+    # the same statement without its two planner settings takes the cliff on
+    # this table: what the settings are there for
+    plan = claim_plan(None, settings=False)
+    assert "Bitmap Heap Scan" in plan and "Sort" in plan, plan
+    # from a position (the keyset of a long drain), starting at it
+    plan = claim_plan((0, 0, 5000))
+    assert "Index Scan using ix_durable_jobs_due" in plan, plan
+    assert "ROW(priority, run_at, id) >" in plan, plan
+    assert "Bitmap" not in plan and "Sort" not in plan, plan
+
+
+def test_a_long_drain_under_an_old_snapshot_runs_every_job_once_in_order(
+    app: Flask, jobs: DurableJobs, database_url: str
+) -> None:
+    """Another session holds a REPEATABLE READ snapshot for the whole drain:
+    the claims start past the last job taken, and still take every job once,
+    by priority then due time."""
+    pg_only(database_url)
+    seen: list[int] = []
+    jobs.handler("t")(lambda p: seen.append(p["n"]))
+    now = state(app).now()
+    # enqueued against the claim order: priority descending, due time descending
+    expected: list[int] = []
+    for k, priority in enumerate((3, 2, 1)):
+        batch = [{"n": k * 900 + i} for i in range(900)]
+        jobs.enqueue_many("t", batch, priority=priority,
+                          run_at=now - dt.timedelta(seconds=priority))
+        expected = [p["n"] for p in batch] + expected
+    rank = {n: i for i, n in enumerate(expected)}
+    in_order: list[int] = []
+    used_keyset = False
+    kind = (("t",), None, False)
+    with psycopg.connect(conninfo(database_url)) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM durable_jobs").fetchone()
+        while jobs.process_due(limit=100)["claimed"]:
+            used_keyset = used_keyset or state(app).store.scans.start(kind) is not None
+            # the threads run one batch in any order; batches follow each other
+            in_order += sorted(seen[len(in_order):], key=rank.__getitem__)
+        holder.rollback()
+    assert used_keyset
+    assert in_order == expected
+
+
+def test_a_job_before_the_position_is_claimed_when_the_backlog_past_it_runs_out(
+    app: Flask, jobs: DurableJobs, database_url: str
+) -> None:
+    pg_only(database_url)
+    store = state(app).store
+    jobs.handler("t")(lambda p: None)
+    jobs.enqueue_many("t", [{}] * 1250, priority=5)
+    claimed: list[int] = []
+    for i in range(11):  # 1,100 in full batches: past KEYSET_AFTER
+        claimed += [r.id for r in store.claim(**claim_kwargs(app, 100, f"{i:032x}"))]
+    assert store.scans.start((("t",), None, True)) is not None
+    high = jobs.enqueue("t", {}, priority=-1)
+    # the rest past the position (150) is more than a batch: the keyset claim is full
+    rows = store.claim(**claim_kwargs(app, 100, "a" * 32))
+    claimed += [r.id for r in rows]
+    # then 50 remain past the position: short, so the claim fills up from the start
+    rows = store.claim(**claim_kwargs(app, 100, "b" * 32))
+    claimed += [r.id for r in rows]
+    assert rows[0].id == high.id and len(rows) == 51
+    assert len(claimed) == len(set(claimed)) == 1251
+    assert store.scans.start((("t",), None, True)) is None
+
+
+def test_the_claim_position_policy() -> None:
+    now = [100.0]
+    scans = claimscan.ClaimScans(clock=lambda: now[0])
+    kind: claimscan.Kind = (("t",), None, True)
+    assert scans.start(kind) is None
+    # short drains always read from the start
+    for i in range(claimscan.KEYSET_AFTER // 100 - 1):
+        scans.record(kind, None, 100, (0, 0, i), 100, 0.001)
+        assert scans.start(kind) is None
+    scans.record(kind, None, 100, (0, 0, 99), 100, 0.001)
+    assert scans.start(kind) == (0, 0, 99)
+    scans.record(kind, (0, 0, 99), 100, (0, 0, 199), 100, 0.001)
+    assert scans.start(kind) == (0, 0, 199)
+    # back to the start after the rescan time ...
+    now[0] += claimscan.RESCAN_MIN_SECONDS
+    assert scans.start(kind) is None
+    # ... which grows with the time a claim from the start takes
+    scans.record(kind, None, 100, (0, 0, 299), 100, 0.5)
+    now[0] += claimscan.RESCAN_MIN_SECONDS
+    assert scans.start(kind) == (0, 0, 299)
+    now[0] += 0.5 * claimscan.RESCAN_FACTOR
+    assert scans.start(kind) is None
+    # a short claim forgets the position
+    scans.record(kind, (0, 0, 299), 100, (0, 0, 350), 51, 0.001)
+    assert scans.start(kind) is None
+    # each kind of claim has its own
+    assert scans.start((("u",), None, True)) is None
