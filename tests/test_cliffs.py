@@ -172,3 +172,15 @@ def test_the_claim_position_policy() -> None:
     assert scans.start(kind) is None
     # each kind of claim has its own
     assert scans.start((("u",), None, True)) is None
+
+
+def test_db_create_all_sets_the_job_tables_autovacuum_settings(
+    app: Flask, database_url: str
+) -> None:
+    pg_only(database_url)
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        options = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'durable_jobs'").fetchone()
+    assert options is not None
+    assert set(options[0]) >= {"autovacuum_vacuum_scale_factor=0.01",
+                               "autovacuum_analyze_scale_factor=0.01"}

@@ -188,3 +188,14 @@ FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()
 
 -- name: before_drop.notify_function
 DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE
+
+
+-- name: after_create.autovacuum
+-- Vacuum and analyse the job table after 1 % of its rows changed instead of
+-- PostgreSQL's 20 % and 10 %: every claim and finish leaves dead index
+-- entries behind, and a burst into a quiet table should get statistics
+-- soon. (Migration 0005 sets the same on existing tables.)
+ALTER TABLE durable_jobs SET (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.01
+)
