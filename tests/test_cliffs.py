@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import typing as t
 
 import psycopg
@@ -184,3 +185,71 @@ def test_db_create_all_sets_the_job_tables_autovacuum_settings(
     assert options is not None
     assert set(options[0]) >= {"autovacuum_vacuum_scale_factor=0.01",
                                "autovacuum_analyze_scale_factor=0.01"}
+
+
+@pytest.mark.config(DURABLE_JOBS_HEALTH_SNAPSHOT_WARNING=0.2, DURABLE_JOBS_ADMIN_TOKEN="tok")
+def test_health_warns_of_a_snapshot_pinning_vacuum_and_stays_healthy(
+    app: Flask, jobs: DurableJobs, database_url: str
+) -> None:
+    jobs.handler("t")(lambda p: None)
+    jobs.enqueue_many("t", [{}] * 50)
+    jobs.drain()
+    client = app.test_client()
+    auth = {"Authorization": "Bearer tok"}
+    body = client.get("/admin/jobs/health", headers=auth).get_json()
+    assert body["warnings"] == []
+    if not database_url.startswith("postgresql"):
+        assert body["vacuum"] is None  # nothing pins vacuum on SQLite
+        return
+    with psycopg.connect(conninfo(database_url)) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM durable_jobs").fetchone()
+        pid = holder.info.backend_pid
+        time.sleep(0.3)
+        response = client.get("/admin/jobs/health", headers=auth)
+        holder.rollback()
+    body = response.get_json()
+    assert response.status_code == 200 and body["healthy"] is True
+    vacuum = body["vacuum"]
+    assert vacuum["oldest_snapshot_pid"] == pid
+    assert vacuum["oldest_snapshot_state"] == "idle in transaction"
+    assert vacuum["oldest_snapshot_age_seconds"] >= 0.3
+    assert vacuum["dead_tuples"] >= 0 and vacuum["live_tuples"] >= 0
+    [warning] = body["warnings"]
+    assert f"session {pid}" in warning and "DURABLE_JOBS_HEALTH_SNAPSHOT_WARNING" in warning
+    body = client.get("/admin/jobs/health", headers=auth).get_json()
+    assert body["warnings"] == [] and body["vacuum"]["oldest_snapshot_pid"] != pid
+
+
+@pytest.fixture
+def registry(request: pytest.FixtureRequest) -> t.Any:
+    """A registry the app's metrics go to (before the app fixture reads the marker)."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    request.node.add_marker(pytest.mark.config(DURABLE_JOBS_METRICS=registry))
+    return registry
+
+
+def test_metrics_report_dead_tuples_and_the_oldest_snapshot(
+    registry: t.Any, app: Flask, database_url: str
+) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[str, float]:
+        text = generate_latest(registry).decode()
+        return {s.name: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples}
+
+    if not database_url.startswith("postgresql"):
+        assert "durable_jobs_dead_tuples" not in scrape()
+        return
+    with psycopg.connect(conninfo(database_url)) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT 1").fetchone()
+        time.sleep(0.3)
+        samples = scrape()
+        holder.rollback()
+    assert samples["durable_jobs_dead_tuples"] >= 0
+    assert samples["durable_jobs_snapshot_age_seconds"] >= 0.3
+    assert scrape()["durable_jobs_snapshot_age_seconds"] < 0.3

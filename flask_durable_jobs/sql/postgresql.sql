@@ -168,6 +168,30 @@ ON CONFLICT (key) DO NOTHING
 SELECT clock_timestamp()
 
 
+-- name: vacuum_state
+-- What keeps vacuum from the job table (flask_durable_jobs.store.vacuum):
+-- its dead and live tuples as the statistics collector counts them, and the
+-- session with the oldest snapshot in this database (backend_xmin), which
+-- no vacuum can look past: its pid, state, and since when its transaction
+-- (or, outside one, its statement) runs. Other roles' sessions show these
+-- only to a role with pg_read_all_stats. Autovacuum workers don't pin the
+-- table: they are left out, as is this session.
+SELECT s.n_dead_tup, s.n_live_tup,
+       EXTRACT(EPOCH FROM clock_timestamp() - s.last_autovacuum),
+       h.pid, h.state,
+       EXTRACT(EPOCH FROM clock_timestamp() - COALESCE(h.xact_start, h.query_start)),
+       age(h.backend_xmin)
+FROM (SELECT 1) AS one
+LEFT JOIN pg_stat_user_tables AS s ON s.relid = to_regclass('durable_jobs')
+LEFT JOIN LATERAL (
+    SELECT pid, state, xact_start, query_start, backend_xmin FROM pg_stat_activity
+    WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+      AND datname = current_database() AND backend_type <> 'autovacuum worker'
+    ORDER BY age(backend_xmin) DESC
+    LIMIT 1
+) AS h ON true
+
+
 -- name: listen
 -- Wake-ups (the insert trigger's NOTIFY). A shortcut only: polling stays the
 -- correctness path, and PgBouncer in transaction mode drops LISTEN.
