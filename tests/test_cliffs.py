@@ -89,6 +89,20 @@ def test_claim_reads_the_due_index_in_order_on_a_table_never_analysed(
     assert "ROW(priority, run_at, id) >" in plan, plan
     assert "Bitmap" not in plan and "Sort" not in plan, plan
 
+    # the finish of a batch of 1,000 reads its rows by primary key, never the table
+    finish = store.statement("finish", store.engine.dialect)
+    ids = list(range(1, 1001))
+    plan = explain(database_url, finish.sql.replace(
+        "UPDATE durable_jobs AS j", "EXPLAIN UPDATE durable_jobs AS j"), finish.params(
+        store.to_driver({
+            "now": state(app).now(), "ids": "{" + ",".join(map(str, ids)) + "}",
+            "tokens": "{" + ",".join(["x" * 32] * 1000) + "}",
+            "statuses": "{" + ",".join(["succeeded"] * 1000) + "}",
+            "results": "{" + ",".join(["NULL"] * 1000) + "}",
+            "errors": "{" + ",".join(["NULL"] * 1000) + "}",
+            "run_ats": "{" + ",".join(["NULL"] * 1000) + "}"})))
+    assert "durable_jobs_pkey" in plan and "Seq Scan on durable_jobs" not in plan, plan
+
 
 def test_a_long_drain_under_an_old_snapshot_runs_every_job_once_in_order(
     app: Flask, jobs: DurableJobs, database_url: str

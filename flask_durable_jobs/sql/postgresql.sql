@@ -16,6 +16,11 @@
 -- Lists go in as array literals in one text parameter each (the store's
 -- int_array / text_array), cast here: the driver would adapt a list element
 -- by element.
+--
+-- Statements that write a batch of jobs by id also test id = ANY(:ids):
+-- joined with their unnest() alone, a table never analysed (a burst into a
+-- new table) may be planned as a hash join over a scan of the whole table,
+-- per batch; with it every plan reads the rows by primary key.
 
 
 -- name: insert_jobs
@@ -84,7 +89,10 @@ RETURNING j.id, j.job_type, j.payload::text, j.attempts, j.max_attempts,
 -- name: finish
 -- The outcomes of a batch of attempts, written where the lease still holds;
 -- returns the ids written. A job that ended (not retrying) drops its secrets
--- and, with a callback URL, has its callback due now.
+-- and, with a callback URL, has its callback due now. SET LOCAL (for this
+-- statement's implicit transaction, as the claim's): the rows are read by
+-- primary key, never by a scan of the table, whatever the statistics say.
+SET LOCAL enable_seqscan = off;
 UPDATE durable_jobs AS j
 SET status = v.status, result = v.result::jsonb, last_error = COALESCE(v.error, j.last_error),
     run_at = COALESCE(v.run_at, j.run_at),
@@ -100,6 +108,7 @@ FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[]), CAST(:statuses AS T
             CAST(:run_ats AS TIMESTAMPTZ[]))
      AS v(id, token, status, result, error, run_at)
 WHERE j.id = v.id AND j.lease_token = v.token
+  AND j.id = ANY(CAST(:ids AS BIGINT[]))
 RETURNING j.id
 
 
@@ -108,6 +117,7 @@ RETURNING j.id
 UPDATE durable_jobs AS j SET lease_expires_at = :lease
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[])) AS v(id, token)
 WHERE j.id = v.id AND j.lease_token = v.token
+  AND j.id = ANY(CAST(:ids AS BIGINT[]))
 RETURNING j.id
 
 
@@ -119,6 +129,7 @@ SET status = CASE WHEN j.attempts > 1 THEN {RETRYING} ELSE {PENDING} END,
     lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[])) AS v(id, token)
 WHERE j.id = v.id AND j.lease_token = v.token
+  AND j.id = ANY(CAST(:ids AS BIGINT[]))
 RETURNING j.id
 
 

@@ -124,18 +124,8 @@ class PostgresStore(Store):
     def _claim_from(self, kind: claimscan.Kind, start: claimscan.Position | None,
                     params: dict[str, t.Any]) -> list[t.Any]:
         """One claim statement reading the due index from ``start``."""
-        import psycopg
-
         began = time.monotonic()
-        with self._raw() as cur:
-            # client-side binding: the statement is three (SET LOCAL, SET
-            # LOCAL, UPDATE) in one implicit transaction
-            client = psycopg.ClientCursor(cur.connection)
-            client.execute(*self._driver("claim", {**params, **claimscan.params(start)}))
-            while client.nextset():
-                pass
-            rows = client.fetchall()
-            client.close()
+        rows = self._with_settings("claim", {**params, **claimscan.params(start)})
         last = max(rows, key=CLAIM_ORDER) if rows else None
         self.scans.record(
             kind, start, params["limit"],
@@ -143,6 +133,23 @@ class PostgresStore(Store):
             len(rows), time.monotonic() - began,
         )
         return rows
+
+    def _with_settings(self, name: str, params: dict[str, t.Any]) -> list[t.Any]:
+        """Run a named statement that begins with ``SET LOCAL`` planner
+        settings; returns the rows of its last part."""
+        import psycopg
+
+        with self._raw() as cur:
+            # client-side binding: several statements in one query string run
+            # in one implicit transaction, which the settings last for
+            client = psycopg.ClientCursor(cur.connection)
+            try:
+                client.execute(*self._driver(name, params))
+                while client.nextset():
+                    pass
+                return client.fetchall()
+            finally:
+                client.close()
 
     def finish(self, outcomes: t.Sequence[Finish], now: dt.datetime) -> set[int]:
         if not outcomes:
@@ -158,9 +165,7 @@ class PostgresStore(Store):
                 None if o.run_at is None else o.run_at.isoformat() for o in outcomes
             ]),
         }
-        with self._raw() as cur:
-            cur.execute(*self._driver("finish", params))
-            return {row[0] for row in cur.fetchall()}
+        return {row[0] for row in self._with_settings("finish", params)}
 
     def _pairs(self, name: str, held: t.Sequence[tuple[int, str]],
                params: dict[str, t.Any]) -> set[int]:
