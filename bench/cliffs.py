@@ -259,6 +259,7 @@ def run(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         result["_load1"] = round(max(load, os.getloadavg()[0]), 2)
         result["_seconds"] = round(time.monotonic() - t0, 1)
         out["runs"].setdefault(key, []).append(result)
+        save(out)  # kept as it goes: a long run stopped halfway keeps what it measured
         print(f"{key}: {result['rate']:,.0f} jobs/s"
               + (" fifths " + " · ".join(f"{f:,.0f}" for f in result["fifths"])
                  if "fifths" in result else "")
@@ -283,6 +284,13 @@ def run(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         measure(f"big.pgqueuer.plain.{args.big}", pgqueuer_drain, args.big, False)
         measure(f"big.pgqueuer.snapshot.{args.big}", pgqueuer_drain, args.big, True)
     return out
+
+
+def save(new: dict) -> None:  # type: ignore[type-arg]
+    """Merge ``new`` into bench/results/cliffs.json."""
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(merge(old, new), indent=1) + "\n")
 
 
 def merge(old: dict, new: dict) -> dict:  # type: ignore[type-arg]
@@ -424,12 +432,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.only_big:
         args.reps = 0
-    new = run(args)
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data = merge(old, new)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=1) + "\n")
-    chart(data)
+    save(run(args))
+    chart(json.loads(RESULTS.read_text()))
     print(f"wrote {RESULTS}")
 
 
