@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import typing as t
@@ -102,6 +103,29 @@ def test_claim_reads_the_due_index_in_order_on_a_table_never_analysed(
             "errors": "{" + ",".join(["NULL"] * 1000) + "}",
             "run_ats": "{" + ",".join(["NULL"] * 1000) + "}"})))
     assert "durable_jobs_pkey" in plan and "Seq Scan on durable_jobs" not in plan, plan
+
+
+def test_sqlite_claim_reads_the_due_index_in_order_without_statistics(
+    app: Flask, jobs: DurableJobs, database_url: str
+) -> None:
+    """SQLite has no ANALYZE statistics here either; INDEXED BY holds the plan."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's planner")
+    import sqlite3
+
+    jobs.handler("t")(lambda p: None)
+    jobs.enqueue_many("t", [{}] * 5000)
+    store = state(app).store
+    sql = store.queries["claim"]
+    path = sa.make_url(database_url).database
+    assert path
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+                            ).fetchone() == (0,)
+        plan = "\n".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, {
+            "now": "2100-01-01", "types": '["t"]', "queues": None, "with_secrets": 1,
+            "limit": 100, "token": "x", "lease": "2100-01-01", "worker": "w"}))
+    assert "ix_durable_jobs_due" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_a_long_drain_under_an_old_snapshot_runs_every_job_once_in_order(
