@@ -371,6 +371,18 @@ def chart(data: dict) -> None:  # type: ignore[type-arg]
 # ---------------------------------------------------------------------------- doc
 
 
+def cliffs_section() -> str:
+    """The cliffs scenarios' tables (bench/cliffs.py, bench/results/cliffs.json)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(BENCH_DIR))
+    import cliffs
+
+    path = BENCH_DIR / "results" / "cliffs.json"
+    return cliffs.render(json.loads(path.read_text()) if path.exists() else {})
+
+
 def write(data: dict) -> None:  # type: ignore[type-arg]
     DOCS_DIR.mkdir(exist_ok=True)
     chart(data)
@@ -388,6 +400,6 @@ def write(data: dict) -> None:  # type: ignore[type-arg]
         reps=max((len(v) for v in data["runs"].values()), default=0),
         results_table=results_table(data), targets_table=targets_table(data),
         latency_table=latency_table(data), web_table=web_table(data),
-        scale_table=scale_table(data), load=load,
+        scale_table=scale_table(data), load=load, cliffs_section=cliffs_section(),
     )
     DOC.write_text(text)

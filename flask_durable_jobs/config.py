@@ -44,6 +44,8 @@ DEFAULTS: dict[str, t.Any] = {
     "HEALTH_EXPIRED_LEASE_GRACE": None,  # seconds; None: two sweep intervals
     "HEALTH_MAX_UNWRITTEN": 0,  # outcomes kept because the database did not answer
     "HEALTH_DATABASE_TIMEOUT": 2.0,  # seconds the database has to answer a probe
+    # health: a warning (still healthy) past this
+    "HEALTH_SNAPSHOT_WARNING": 300.0,  # seconds a snapshot may pin vacuum (PostgreSQL)
 }
 
 PREFIX = "DURABLE_JOBS_"
@@ -79,6 +81,7 @@ class Settings:
     health_expired_lease_grace: float = 60.0
     health_max_unwritten: int = 0
     health_database_timeout: float = 2.0
+    health_snapshot_warning: float = 300.0
 
 
 def _number(key: str, value: t.Any, *, minimum: float, strict: bool) -> float:
@@ -246,6 +249,9 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         ),
         health_database_timeout=_number(
             "HEALTH_DATABASE_TIMEOUT", get("HEALTH_DATABASE_TIMEOUT"), minimum=0, strict=True
+        ),
+        health_snapshot_warning=_number(
+            "HEALTH_SNAPSHOT_WARNING", get("HEALTH_SNAPSHOT_WARNING"), minimum=0, strict=True
         ),
     )
 

@@ -18,6 +18,7 @@ from . import faults
 from . import processes as processes_module
 from .models import UTC
 from .scheduler import AFTER_FORK, NEVER
+from .store import vacuum
 
 if t.TYPE_CHECKING:
     from .extension import State
@@ -126,6 +127,13 @@ def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, 
       finished outcomes because the database did not take them;
     * the oldest due job has waited longer than ``max_due_age`` seconds (given).
 
+    ``vacuum`` (PostgreSQL; ``None`` on SQLite) holds the job table's dead
+    tuples and the session whose snapshot is the oldest in the database: as
+    long as it stays open, vacuum removes nothing the claims and finishes
+    left behind. A snapshot older than ``DURABLE_JOBS_HEALTH_SNAPSHOT_WARNING``
+    seconds goes into ``warnings``, which leave the process healthy: the
+    jobs still run, but the job table grows until that session ends.
+
     The tick proves that the scheduler fires, not that a processor loop
     already inside a slow statement moves on: ``max_due_age`` catches that,
     and work stuck anywhere, from any process.
@@ -135,11 +143,13 @@ def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, 
     now = dt.datetime.now(UTC)
     stall_after = max(HEALTH_STALL_INTERVALS * settings.poll_interval, HEALTH_MIN_STALL_SECONDS)
     problems: list[str] = []
+    warnings: list[str] = []
     status = _scheduler_status(state, now, stall_after, problems)
 
     report: dict[str, t.Any] = {
         "healthy": False,
         "problems": problems,
+        "warnings": warnings,
         "scheduler": status,
         "pid": os.getpid(),
         "worker_id": state.runner.worker_id if state.runner_started else None,
@@ -158,6 +168,7 @@ def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, 
         "processes": None,
         "unseen_processes": None,
         "unwritten_outcomes": state.runner.unwritten_outcomes() if state.runner_started else 0,
+        "vacuum": None,
         "checked_at": now.isoformat(),
     }
     error = probe.check(state)
@@ -166,6 +177,7 @@ def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, 
         problems.append(f"the database does not answer ({error})")
     else:
         _read_database(state, probe, report, max_due_age)
+        _read_vacuum(state, probe, report)
 
     unwritten = report["unwritten_outcomes"]
     if unwritten > settings.health_max_unwritten:
@@ -254,6 +266,31 @@ def _read_database(
             f" {leases.oldest_age:.1f} s: the sweep has not recovered them (more than"
             f" DURABLE_JOBS_HEALTH_MAX_EXPIRED_LEASES, {settings.health_max_expired_leases})"
         )
+
+
+def _read_vacuum(state: State, probe: DatabaseProbe, report: dict[str, t.Any]) -> None:
+    """The job table's dead tuples and the oldest snapshot, into ``report``."""
+    try:
+        reading = vacuum.read(state.store)
+    except Exception as exc:
+        error = faults.summary(exc)
+        probe.problem("vacuum", "reading the vacuum statistics failed (%s)", error)
+        report["warnings"].append(f"the vacuum statistics could not be read ({error})")
+        return
+    if reading is None:
+        return
+    report["vacuum"] = reading.to_dict()
+    age = reading.oldest_snapshot_age_seconds
+    limit = state.settings.health_snapshot_warning
+    if age is not None and age > limit:
+        message = (
+            f"session {reading.oldest_snapshot_pid} ({reading.oldest_snapshot_state}) has held"
+            f" a snapshot for {age:.0f} s (more than DURABLE_JOBS_HEALTH_SNAPSHOT_WARNING,"
+            f" {limit:g} s): vacuum cannot clean the job table until it ends"
+            f" ({reading.dead_tuples} dead tuples)"
+        )
+        report["warnings"].append(message)
+        probe.problem("snapshot", "%s", message)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

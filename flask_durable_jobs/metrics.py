@@ -21,6 +21,11 @@ metric                                     what
                                            ``run_at`` <= now), read at scrape
 ``durable_jobs_oldest_due_age_seconds``    how long the oldest due job has
                                            waited (0 when none is due)
+``durable_jobs_dead_tuples``               dead row versions in the job table
+                                           (PostgreSQL), read at scrape
+``durable_jobs_snapshot_age_seconds``      how long the oldest snapshot in
+                                           the database has pinned vacuum
+                                           (PostgreSQL; 0 when none)
 =========================================  ==================================
 
 Counters and the histogram count what this process did: they come from the
@@ -44,6 +49,7 @@ import weakref
 
 from . import signals
 from .extension import get_state
+from .store import vacuum
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -103,9 +109,11 @@ class _Bundle:
             ["job_type"], buckets=RUN_SECONDS_BUCKETS, registry=None,
         )
         self.backlog = _BacklogCollector(self.apps)
+        self.vacuum = _VacuumCollector(self.apps)
 
     def collectors(self) -> tuple[t.Any, ...]:
-        return (self.enqueued, self.finished, self.rescued, self.run_seconds, self.backlog)
+        return (self.enqueued, self.finished, self.rescued, self.run_seconds, self.backlog,
+                self.vacuum)
 
     def register(self, registry: CollectorRegistry) -> None:
         """Register every collector, or none of them."""
@@ -210,6 +218,64 @@ class _BacklogCollector:
             "durable_jobs_oldest_due_age_seconds",
             "Seconds the oldest due job has waited; 0 when none is due.",
             value=oldest_age,
+        )
+
+
+class _VacuumCollector:
+    """The job table's dead tuples and the oldest snapshot pinning vacuum
+    (PostgreSQL; nothing on SQLite), read from the database at each scrape."""
+
+    def __init__(self, apps: t.Mapping[Flask, t.Any]) -> None:
+        self.apps = apps
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        dead, oldest = 0, 0.0
+        seen: set[str] = set()
+        with _lock:
+            apps = list(self.apps)
+        for app in apps:
+            try:
+                state = get_state(app)
+            except RuntimeError:
+                continue
+            try:
+                with app.app_context():
+                    store = state.store
+                    database = str(store.engine.url)
+                    if database in seen:
+                        continue
+                    reading = vacuum.read(store)
+            except Exception:
+                log.warning(
+                    "metrics: reading the vacuum statistics of app %r failed; the vacuum"
+                    " gauges are left out of this scrape", app.name, exc_info=True,
+                )
+                return
+            if reading is None:  # SQLite
+                continue
+            seen.add(database)
+            dead += reading.dead_tuples
+            oldest = max(oldest, reading.oldest_snapshot_age_seconds or 0.0)
+        if seen:
+            yield from self._families(dead, oldest)
+
+    @staticmethod
+    def _families(dead: int = 0, oldest: float = 0.0) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "durable_jobs_dead_tuples",
+            "Dead row versions in the job table, waiting for vacuum (PostgreSQL).",
+            value=dead,
+        )
+        yield GaugeMetricFamily(
+            "durable_jobs_snapshot_age_seconds",
+            "Seconds the oldest open snapshot in the database has pinned vacuum"
+            " (PostgreSQL); 0 when none.",
+            value=oldest,
         )
 
 

@@ -428,12 +428,39 @@ class UnseenProcess(BaseModel):
     last_seen_seconds: float = Field(ge=0, description="Seconds since its last heartbeat.")
 
 
+class VacuumReading(BaseModel):
+    """What keeps vacuum from the job table (PostgreSQL)."""
+
+    dead_tuples: Count = Field(description="Dead row versions in the job table (approximate).")
+    live_tuples: Count
+    last_autovacuum_age_seconds: float | None = Field(
+        description="Seconds since autovacuum last finished on the job table; null: never."
+    )
+    oldest_snapshot_pid: int | None = Field(
+        description="The session holding the oldest snapshot in this database; null: none"
+        " (or none this role may see: pg_read_all_stats shows every role's)."
+    )
+    oldest_snapshot_state: str | None
+    oldest_snapshot_age_seconds: float | None = Field(
+        description="Since when its transaction (or statement) runs. Beyond"
+        " DURABLE_JOBS_HEALTH_SNAPSHOT_WARNING it is a warning."
+    )
+    oldest_snapshot_xid_age: int | None = Field(
+        description="How many transaction ids old its snapshot is."
+    )
+
+
 class Health(BaseModel):
     """The answering process: whether its scheduler is alive, whether the database
     answers, and the due backlog and expired leases of the whole database."""
 
     healthy: bool
     problems: list[str] = Field(description="Why the process is unhealthy; empty when healthy.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What an operator should look at that leaves the process healthy (a"
+        " snapshot pinning vacuum).",
+    )
     scheduler: t.Annotated[str, _words(health.SCHEDULER_STATES)] = Field(
         description="running; stalled (its due-job tick stopped firing), dead (started"
         " here, no longer running) or stopped (stopped on purpose): unhealthy; disabled"
@@ -496,6 +523,11 @@ class Health(BaseModel):
         description="Finished jobs whose outcome this process keeps because the database"
         " did not take it; written once it answers. More than"
         " DURABLE_JOBS_HEALTH_MAX_UNWRITTEN is unhealthy."
+    )
+    vacuum: VacuumReading | None = Field(
+        default=None,
+        description="The job table's dead tuples and the oldest snapshot pinning vacuum;"
+        " null on SQLite or when the database could not be read.",
     )
     checked_at: Timestamp
 

@@ -28,6 +28,7 @@ KEYS = {
     "database", "expired_leases", "stale_expired_leases", "oldest_expired_lease_age_seconds",
     "expired_lease_grace_seconds", "silent_workers", "unwritten_outcomes",
     "processes", "unseen_processes",
+    "warnings", "vacuum",
 }
 
 

@@ -16,6 +16,11 @@
 -- Lists go in as array literals in one text parameter each (the store's
 -- int_array / text_array), cast here: the driver would adapt a list element
 -- by element.
+--
+-- Statements that write a batch of jobs by id also test id = ANY(:ids):
+-- joined with their unnest() alone, a table never analysed (a burst into a
+-- new table) may be planned as a hash join over a scan of the whole table,
+-- per batch; with it every plan reads the rows by primary key.
 
 
 -- name: insert_job
@@ -51,6 +56,17 @@ RETURNING id
 -- primary key (a join with the subquery can plan a scan of the table).
 -- Without :with_secrets, jobs carrying secrets wait for a process that has a
 -- key. The payload goes out as text: the handler's thread decodes it.
+-- The two SET LOCAL make the ordered scan of the due index the only plan,
+-- whatever the statistics say: a table never analysed (a burst into a new
+-- or long-quiet table) looks empty to the planner, which then prefers a
+-- bitmap scan of every due row and a sort, per claim (a drain would be
+-- quadratic). They last for this statement's implicit transaction only (the
+-- store sends the three as one query string).
+-- :after_* is a position in the due index (store/claimscan.py): during a
+-- long drain the scan starts past the last job claimed instead of walking
+-- the dead entries of every job claimed since the oldest open snapshot.
+SET LOCAL enable_bitmapscan = off;
+SET LOCAL enable_sort = off;
 UPDATE durable_jobs AS j
 SET status = {RUNNING}, attempts = j.attempts + 1, lease_token = :token,
     lease_expires_at = :lease, worker_id = :worker, started_at = :now, updated_at = :now
@@ -62,6 +78,10 @@ WHERE j.id = ANY(ARRAY(
       AND (:with_secrets OR secrets IS NULL)
       -- paused queues: read once per statement (an InitPlan)
       AND queue <> ALL(ARRAY(SELECT name FROM durable_jobs_queues WHERE paused))
+      AND (CAST(:after_priority AS INTEGER) IS NULL
+           OR (priority, run_at, id) > (CAST(:after_priority AS INTEGER),
+                                        CAST(:after_run_at AS TIMESTAMPTZ),
+                                        CAST(:after_id AS BIGINT)))
     ORDER BY priority, run_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -81,6 +101,10 @@ RETURNING j.id, j.job_type, j.payload::text, j.attempts, j.max_attempts,
 -- progress, when it reported any, goes in with the outcome. The statement
 -- announces the ids that ended, one notification for the batch
 -- (jobs.wait(); a list too long for NOTIFY goes as '', "look again").
+-- SET LOCAL (for this statement's implicit transaction, as the claim's):
+-- the rows are read by primary key, never by a scan of the table,
+-- whatever the statistics say.
+SET LOCAL enable_seqscan = off;
 WITH done AS (
 UPDATE durable_jobs AS j
 SET status = CASE WHEN j.cancel_requested_at IS NOT NULL AND v.status <> {SUCCEEDED}
@@ -103,6 +127,7 @@ FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[]), CAST(:statuses AS T
             CAST(:run_ats AS TIMESTAMPTZ[]), CAST(:progress AS TEXT[]))
      AS v(id, token, status, result, error, run_at, progress)
 WHERE j.id = v.id AND j.lease_token = v.token
+  AND j.id = ANY(CAST(:ids AS BIGINT[]))
 RETURNING j.id, j.status
 )
 SELECT id, status, (
@@ -118,6 +143,7 @@ SELECT id, status, (
 UPDATE durable_jobs AS j SET lease_expires_at = :lease
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[])) AS v(id, token)
 WHERE j.id = v.id AND j.lease_token = v.token
+  AND j.id = ANY(CAST(:ids AS BIGINT[]))
 RETURNING j.id
 
 
@@ -138,6 +164,7 @@ SET status = CASE WHEN j.cancel_requested_at IS NOT NULL THEN {CANCELLED}
         AND j.callback_url IS NOT NULL THEN :now ELSE j.callback_next_at END
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:tokens AS TEXT[])) AS v(id, token)
 WHERE j.id = v.id AND j.lease_token = v.token
+  AND j.id = ANY(CAST(:ids AS BIGINT[]))
 RETURNING j.id, j.status
 )
 SELECT id, status, (
@@ -225,6 +252,30 @@ ON CONFLICT (key) DO NOTHING
 -- The server's clock as it reads now, not at the start of the transaction
 -- (flask_durable_jobs.clock measures each process's offset to it).
 SELECT clock_timestamp()
+
+
+-- name: vacuum_state
+-- What keeps vacuum from the job table (flask_durable_jobs.store.vacuum):
+-- its dead and live tuples as the statistics collector counts them, and the
+-- session with the oldest snapshot in this database (backend_xmin), which
+-- no vacuum can look past: its pid, state, and since when its transaction
+-- (or, outside one, its statement) runs. Other roles' sessions show these
+-- only to a role with pg_read_all_stats. Autovacuum workers don't pin the
+-- table: they are left out, as is this session.
+SELECT s.n_dead_tup, s.n_live_tup,
+       EXTRACT(EPOCH FROM clock_timestamp() - s.last_autovacuum),
+       h.pid, h.state,
+       EXTRACT(EPOCH FROM clock_timestamp() - COALESCE(h.xact_start, h.query_start)),
+       age(h.backend_xmin)
+FROM (SELECT 1) AS one
+LEFT JOIN pg_stat_user_tables AS s ON s.relid = to_regclass('durable_jobs')
+LEFT JOIN LATERAL (
+    SELECT pid, state, xact_start, query_start, backend_xmin FROM pg_stat_activity
+    WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+      AND datname = current_database() AND backend_type <> 'autovacuum worker'
+    ORDER BY age(backend_xmin) DESC
+    LIMIT 1
+) AS h ON true
 
 
 -- name: listen
@@ -340,3 +391,14 @@ ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, inflight = exclud
 -- other filters leave: no index holds arbitrary payload fields.
 (jsonb_typeof(payload -> CAST(:payload_field AS text)) IN ('string', 'number', 'boolean')
  AND payload ->> CAST(:payload_field AS text) = CAST(:payload_value AS text))
+
+
+-- name: after_create.autovacuum
+-- Vacuum and analyse the job table after 1 % of its rows changed instead of
+-- PostgreSQL's 20 % and 10 %: every claim and finish leaves dead index
+-- entries behind, and a burst into a quiet table should get statistics
+-- soon. (Migration 0005 sets the same on existing tables.)
+ALTER TABLE durable_jobs SET (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.01
+)

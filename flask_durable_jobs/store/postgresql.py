@@ -14,6 +14,7 @@ import typing as t
 import sqlalchemy as sa
 
 from ..models import CANCELLED
+from . import claimscan
 from .base import CLAIM_ORDER, SWEEP_BATCH, Store
 from .records import ClaimedRow, Finish, Watcher
 
@@ -60,6 +61,11 @@ def cancelled_where(outcomes: t.Sequence[Finish], rows: t.Iterable[t.Any]) -> se
 class PostgresStore(Store):
     dialect = "postgresql"
     concurrent_writes = True
+
+    def __init__(self, engine: sa.Engine, table: sa.Table, batches: sa.Table) -> None:
+        super().__init__(engine, table, batches)
+        #: Where each kind of claim starts reading the due index.
+        self.scans = claimscan.ClaimScans()
 
     @classmethod
     def build_engine(
@@ -121,13 +127,46 @@ class PostgresStore(Store):
             "with_secrets": with_secrets, "limit": limit, "token": token,
             "lease": lease_until, "worker": worker_id,
         }
-        with self._raw() as cur:
-            cur.execute(*self._driver("claim", params))
-            rows = cur.fetchall()
+        kind = (tuple(job_types), None if queues is None else tuple(queues), with_secrets)
+        start = self.scans.start(kind)
+        rows = self._claim_from(kind, start, params)
+        if start is not None and len(rows) < limit:
+            # past the position the backlog ran out: the rest from the start
+            rows += self._claim_from(kind, None, {**params, "limit": limit - len(rows)})
         rows.sort(key=CLAIM_ORDER)
         # payload as text, decoded by the handler's thread: the claiming
         # thread is the one every job of the batch waits for
         return [ClaimedRow(r[0], r[1], r[2], r[3], r[4], token, r[5], r[6]) for r in rows]
+
+    def _claim_from(self, kind: claimscan.Kind, start: claimscan.Position | None,
+                    params: dict[str, t.Any]) -> list[t.Any]:
+        """One claim statement reading the due index from ``start``."""
+        began = time.monotonic()
+        rows = self._with_settings("claim", {**params, **claimscan.params(start)})
+        last = max(rows, key=CLAIM_ORDER) if rows else None
+        self.scans.record(
+            kind, start, params["limit"],
+            None if last is None else (last[7], last[8], last[0]),
+            len(rows), time.monotonic() - began,
+        )
+        return rows
+
+    def _with_settings(self, name: str, params: dict[str, t.Any]) -> list[t.Any]:
+        """Run a named statement that begins with ``SET LOCAL`` planner
+        settings; returns the rows of its last part."""
+        import psycopg
+
+        with self._raw() as cur:
+            # client-side binding: several statements in one query string run
+            # in one implicit transaction, which the settings last for
+            client = psycopg.ClientCursor(cur.connection)
+            try:
+                client.execute(*self._driver(name, params))
+                while client.nextset():
+                    pass
+                return client.fetchall()
+            finally:
+                client.close()
 
     def finish(self, outcomes: t.Sequence[Finish], now: dt.datetime) -> set[int]:
         if not outcomes:
@@ -144,10 +183,7 @@ class PostgresStore(Store):
             ]),
             "progress": text_array([o.progress for o in outcomes]),
         }
-        with self._raw() as cur:
-            cur.execute(*self._driver("finish", params))
-            rows = cur.fetchall()
-        return cancelled_where(outcomes, rows)
+        return cancelled_where(outcomes, self._with_settings("finish", params))
 
     def _pairs(self, name: str, held: t.Sequence[tuple[int, str]],
                params: dict[str, t.Any]) -> set[int]:
