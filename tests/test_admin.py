@@ -826,7 +826,7 @@ def test_documented_query_parameters_are_the_validated_ones(api: t.Any) -> None:
                     assert message.startswith(name + " "), message
                 checked.append(name)
     assert sorted(checked) == sorted(
-        ["status", "job_type", "queue", "page", "per_page", "max_due_age", "limit"]
+        ["status", "job_type", "queue", "page", "per_page", "max_due_age", "limit", "minutes"]
     )
 
 

@@ -173,3 +173,22 @@ FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()
 
 -- name: before_drop.notify_function
 DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE
+
+
+-- name: throughput
+-- Jobs that ended (succeeded, dead) per minute since :since, from the partial
+-- finished_at index, and jobs now waiting for a retry by the minute their
+-- attempt failed (updated_at). Counted here; no row leaves the database.
+SELECT to_char(date_trunc('minute', finished_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD HH24:MI')
+           AS minute,
+       status, count(*)
+FROM durable_jobs
+WHERE finished_at IS NOT NULL AND finished_at >= :since
+  AND status IN ({SUCCEEDED}, {DEAD})
+GROUP BY 1, 2
+UNION ALL
+SELECT to_char(date_trunc('minute', updated_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD HH24:MI'),
+       status, count(*)
+FROM durable_jobs
+WHERE status = {RETRYING} AND updated_at >= :since
+GROUP BY 1, 2
