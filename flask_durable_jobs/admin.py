@@ -54,6 +54,7 @@ from . import masking, openapi, schemas
 from .errors import InvalidTransition, JobNotFound
 from .extension import get_state
 from .health import health_report
+from .listing import BULK_ALLOWED, PAYLOAD_PREFIX
 from .openapi import operation
 from .schemas import echo
 
@@ -431,22 +432,72 @@ def get_batch(batch_id: str) -> Response:
 
 @blueprint.get("", strict_slashes=False, **_route_options)
 @operation("listJobs", "List jobs, newest first (also served at the prefix plus '/')",
-           query=schemas.ListQuery, errors=(400,),
+           query=schemas.ListQuery, more_query=(schemas.PAYLOAD_PARAMETER,), errors=(400,),
            responses={200: (schemas.JobList, "One page of jobs.")})
 def list_jobs() -> Response:
-    query = _query(schemas.ListQuery)
-    items, total = _ext().list_jobs(
-        status=query.status, job_type=query.job_type, queue=query.queue,
-        page=query.page, per_page=query.per_page,
+    args = request.args.to_dict()
+    known = schemas.ListQuery.model_fields
+    unknown = sorted(
+        name for name in args if name not in known and not name.startswith(PAYLOAD_PREFIX)
     )
+    if unknown:
+        raise ApiError(
+            400, f"unknown parameter{'s' if len(unknown) > 1 else ''}"
+            f" {', '.join(echo(name) for name in unknown)}; known: {', '.join(known)},"
+            f" {PAYLOAD_PREFIX}<field>",
+        )
+    payload = {name: value for name, value in args.items() if name.startswith(PAYLOAD_PREFIX)}
+    query = schemas.validate(
+        schemas.ListQuery, {name: value for name, value in args.items() if name not in payload}
+    )
+    filters = {**query.model_dump(exclude={"cursor", "page", "per_page"}), **payload}
+    try:
+        found = _ext().list_page(
+            cursor=query.cursor, page=query.page, per_page=query.per_page, **filters
+        )
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
     return jsonify(
         {
-            "items": [masking.public_job(job, summary=True) for job in items],
-            "page": query.page,
+            "items": [masking.public_job(job, summary=True) for job in found.items],
+            "page": None if query.cursor is not None else query.page or 1,
             "per_page": query.per_page,
-            "total": total,
+            "total": found.total,
+            "total_exact": found.total_exact,
+            "next_cursor": found.next_cursor,
         }
     )
+
+
+@blueprint.post("/bulk/<action>", **_route_options)
+@operation("bulkAction", "Retry, cancel or delete many jobs: by ids or by the list filters",
+           path={"action": (t.Literal["retry", "cancel", "delete"],
+                            "retry (dead or cancelled -> pending), cancel (pending or"
+                            " retrying -> cancelled) or delete (any status but running).")},
+           body=schemas.BulkBody, errors=(400, 404),
+           responses={200: (schemas.BulkResult, "How many jobs changed.")})
+def bulk(action: str) -> Response:
+    if action not in BULK_ALLOWED:
+        raise ApiError(
+            404, f"no bulk action {echo(action)}; the actions are {', '.join(BULK_ALLOWED)}"
+        )
+    data = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(data, dict):
+        raise ApiError(
+            400, "the request body must be a JSON object sent with 'Content-Type:"
+            ' application/json\', like {"ids": [1, 2]} or {"filter": {"status": "dead"}}'
+        )
+    body = schemas.validate(schemas.BulkBody, data)
+    if (body.ids is None) == (body.filter is None):
+        raise ApiError(400, 'give "ids" or "filter" in the body, one of them')
+    filters = {"ids": body.ids} if body.ids is not None else dict(body.filter or {})
+    method = {"retry": _ext().retry_many, "cancel": _ext().cancel_many,
+              "delete": _ext().delete_many}[action]
+    try:
+        changed = method(**filters)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+    return jsonify({"changed": changed})
 
 
 @blueprint.get("/<durable_jobs_id:job_id>", **_route_options)

@@ -16,6 +16,7 @@ from flask import Flask, current_app
 from . import config as config_module
 from . import enqueue as enqueue_module
 from . import handlers as handlers_module
+from . import listing
 from . import periodic as periodic_module
 from .clock import DatabaseClock
 from .handlers import Handler, HandlerSpec
@@ -428,14 +429,45 @@ class DurableJobs:
         queue: str | None = None,
         page: int = 1,
         per_page: int = 50,
+        **filters: t.Any,
     ) -> tuple[list[Job], int]:
-        """One page of jobs, newest first, and the number matching the filters."""
-        if page < 1 or not 1 <= per_page <= 200:
-            raise ValueError("page must be >= 1 and per_page between 1 and 200")
-        return get_state().store.list_jobs(
-            status=status, job_type=job_type, queue=queue,
-            offset=(page - 1) * per_page, limit=per_page,
+        """One page of jobs, newest first, and the number matching the filters.
+
+        Takes every list filter (:mod:`flask_durable_jobs.listing`). The count
+        is exact, so it reads every match: for large tables use :meth:`list_page`.
+        """
+        return listing.list_jobs(
+            get_state(), {"status": status, "job_type": job_type, "queue": queue, **filters},
+            page=page, per_page=per_page,
         )
+
+    def list_page(
+        self,
+        *,
+        cursor: str | None = None,
+        page: int | None = None,
+        per_page: int = 50,
+        **filters: t.Any,
+    ) -> listing.JobPage:
+        """One page of matching jobs, newest first; pass ``next_cursor`` back as
+        ``cursor`` for the next one (as fast at any depth). ``total`` is counted
+        up to 10,000 (``total_exact`` says whether more match)."""
+        return listing.list_page(
+            get_state(), filters, cursor=cursor, page=page, per_page=per_page
+        )
+
+    def retry_many(self, **filters: t.Any) -> int:
+        """Send every matching ``dead`` or ``cancelled`` job back to ``pending``,
+        due now; returns how many. Works in batches; other jobs are skipped."""
+        return listing.bulk(get_state(), "retry", filters)
+
+    def cancel_many(self, **filters: t.Any) -> int:
+        """Cancel every matching ``pending`` or ``retrying`` job; returns how many."""
+        return listing.bulk(get_state(), "cancel", filters)
+
+    def delete_many(self, **filters: t.Any) -> int:
+        """Delete every matching job that is not ``running``; returns how many."""
+        return listing.bulk(get_state(), "delete", filters)
 
     def stats(self) -> dict[str, t.Any]:
         """Counts by status and type, the due backlog, and due types nobody here handles."""

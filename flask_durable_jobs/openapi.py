@@ -45,6 +45,8 @@ class Operation:
     body: type[BaseModel] | None = None
     #: path parameter name -> (its type, as for a TypeAdapter; description)
     path: t.Mapping[str, tuple[t.Any, str]] = dataclasses.field(default_factory=dict)
+    #: query parameters no model can declare (a family of names), as written
+    more_query: tuple[dict[str, t.Any], ...] = ()
 
 
 #: Every declared view, by view function.
@@ -60,12 +62,14 @@ def operation(
     query: type[BaseModel] | None = None,
     body: type[BaseModel] | None = None,
     path: t.Mapping[str, tuple[t.Any, str]] | None = None,
+    more_query: tuple[dict[str, t.Any], ...] = (),
 ) -> t.Callable[[F], F]:
     """Declare the view's operation for the document; the view is unchanged."""
 
     def declare(view: F) -> F:
         OPERATIONS[view] = Operation(
-            operation_id, summary, responses, errors, query, body, dict(path or {})
+            operation_id, summary, responses, errors, query, body, dict(path or {}),
+            more_query,
         )
         return view
 
@@ -142,6 +146,7 @@ def _operation(spec: Operation) -> dict[str, t.Any]:
     parameters = [_path_parameter(name, *info) for name, info in spec.path.items()]
     if spec.query is not None:
         parameters += _query_parameters(spec.query)
+    parameters += spec.more_query
     if parameters:
         out["parameters"] = parameters
     if spec.body is not None:

@@ -184,19 +184,62 @@ def describe(exc: ValidationError, subject: str) -> str:
 
 
 class ListQuery(BaseModel):
-    """Query parameters of ``GET {prefix}``; others are ignored."""
+    """Query parameters of ``GET {prefix}``, besides ``payload.<field>``; any other
+    parameter is a 400 naming it."""
 
     status: t.Annotated[str | None, OneOf(STATUSES), Field(description="Only this status.")] = None
     job_type: t.Annotated[
         str | None, FilterText(), Field(description="Only this job type.")
     ] = None
     queue: t.Annotated[str | None, FilterText(), Field(description="Only this queue.")] = None
-    page: t.Annotated[int, WholeNumber(1, MAX_PAGE), Field(description="Page number.")] = 1
+    owner: t.Annotated[
+        str | None, FilterText(), Field(description="Only jobs enqueued with this owner.")
+    ] = None
+    idempotency_key: t.Annotated[
+        str | None, FilterText(), Field(description="Only the job with this idempotency key.")
+    ] = None
+    batch_id: t.Annotated[
+        str | None, FilterText(), Field(description="Only the jobs of this batch.")
+    ] = None
+    created_after: t.Annotated[
+        str | None, FilterText(), Field(
+            description="Only jobs created at or after this time (ISO 8601; UTC when it"
+            " has no offset)."
+        )
+    ] = None
+    created_before: t.Annotated[
+        str | None, FilterText(), Field(
+            description="Only jobs created before this time (ISO 8601; UTC when it has"
+            " no offset)."
+        )
+    ] = None
+    cursor: t.Annotated[
+        str | None, FilterText(), Field(
+            description="The next_cursor of the previous page: the next page, as fast at"
+            " any depth as the first. Not together with page."
+        )
+    ] = None
+    page: t.Annotated[
+        int | None, WholeNumber(1, MAX_PAGE),
+        Field(description="Page number (default 1); deep pages cost more, use cursor."),
+    ] = None
     per_page: t.Annotated[
         int,
         WholeNumber(1, MAX_PER_PAGE),
         Field(description=f"Jobs per page (default {DEFAULT_PER_PAGE})."),
     ] = DEFAULT_PER_PAGE
+
+
+#: How the list's ``payload.<field>`` parameter appears in the OpenAPI document
+#: (a family of names, which a query model cannot declare).
+PAYLOAD_PARAMETER: dict[str, t.Any] = {
+    "name": "payload.<field>",
+    "in": "query",
+    "description": "Only jobs whose payload's top-level <field> equals this value in"
+    " string form: a string as itself, a number or boolean as its JSON text (42, 2.5,"
+    " true); null, objects and arrays never match. One such parameter at most.",
+    "schema": {"type": "string", "minLength": 1},
+}
 
 
 class HealthQuery(BaseModel):
@@ -313,9 +356,18 @@ class JobSummary(_JobFields):
 
 class JobList(BaseModel):
     items: list[JobSummary]
-    page: int = Field(ge=1)
+    page: int | None = Field(ge=1, description="The page number; null when cursor was given.")
     per_page: int = Field(ge=1, le=MAX_PER_PAGE)
-    total: Count
+    total: Count = Field(
+        description="Jobs matching the filters, counted up to 10,000 (so no page counts"
+        " a whole table); see total_exact."
+    )
+    total_exact: bool = Field(
+        description="False when more than 10,000 jobs match: total is then 10,000."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null on the last page."
+    )
 
 
 class CountsByStatus(BaseModel):
@@ -508,4 +560,32 @@ class WhoAmI(BaseModel):
     )
     via: t.Annotated[str, _words(("token", "authorizer"))] = Field(
         description="token (a bearer token) or authorizer (the app's admin_authorizer)."
+    )
+
+
+#: Most ids one bulk request may name.
+MAX_BULK_IDS = 10_000
+
+
+class BulkBody(BaseModel):
+    """The JSON body of ``POST {prefix}/bulk/<action>``: ``ids`` or ``filter``, not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[t.Annotated[int, WholeNumber(1, MAX_JOB_ID, text=False)]] | None = Field(
+        default=None, max_length=MAX_BULK_IDS,
+        description=f"The jobs to act on (at most {MAX_BULK_IDS:,}).",
+    )
+    filter: dict[str, t.Any] | None = Field(
+        default=None,
+        description="The list filters, named as the list's query parameters (status,"
+        " job_type, queue, owner, idempotency_key, batch_id, created_after,"
+        ' created_before, "payload.<field>") or ids; at least one.',
+    )
+
+
+class BulkResult(BaseModel):
+    changed: Count = Field(
+        description="Jobs changed; matching jobs whose status does not allow the action"
+        " (or that another process held at that moment) are skipped."
     )

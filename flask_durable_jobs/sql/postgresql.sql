@@ -192,3 +192,13 @@ SELECT to_char(date_trunc('minute', updated_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD 
 FROM durable_jobs
 WHERE status = {RETRYING} AND updated_at >= :since
 GROUP BY 1, 2
+
+
+-- name: payload_matches
+-- A condition of the admin list and the bulk actions (flask_durable_jobs.listing):
+-- the payload's top-level field :payload_field, in string form, equals
+-- :payload_value. A string compares as itself, a number or boolean as its
+-- JSON text; null, objects and arrays never match. It reads every row the
+-- other filters leave: no index holds arbitrary payload fields.
+(jsonb_typeof(payload -> CAST(:payload_field AS text)) IN ('string', 'number', 'boolean')
+ AND payload ->> CAST(:payload_field AS text) = CAST(:payload_value AS text))

@@ -150,3 +150,18 @@ SELECT substr(updated_at, 1, 16), status, count(*)
 FROM durable_jobs
 WHERE status = {RETRYING} AND updated_at >= :since
 GROUP BY 1, 2
+
+
+-- name: payload_matches
+-- A condition of the admin list and the bulk actions (flask_durable_jobs.listing):
+-- the payload's top-level field :payload_field, in string form, equals
+-- :payload_value. A string compares as itself, a number or boolean as its
+-- JSON text (json_extract gives 1 for true, so booleans are spelled out);
+-- null, objects and arrays never match. The field name holds no quote
+-- (listing refuses one), so it can sit inside the quoted path label.
+(json_type(payload, '$."' || :payload_field || '"') IN ('text', 'integer', 'real', 'true', 'false')
+ AND CASE json_type(payload, '$."' || :payload_field || '"')
+         WHEN 'true' THEN 'true'
+         WHEN 'false' THEN 'false'
+         ELSE CAST(json_extract(payload, '$."' || :payload_field || '"') AS TEXT)
+     END = :payload_value)

@@ -303,33 +303,6 @@ class Store(abc.ABC):
             ).first()
         return None if row is None else self.to_job(row)
 
-    def list_jobs(
-        self,
-        *,
-        status: str | None,
-        job_type: str | None,
-        queue: str | None,
-        offset: int,
-        limit: int,
-    ) -> tuple[list[Job], int]:
-        c = self.table.c
-        conditions = []
-        if status is not None:  # a literal, so that SQLite can use a partial index
-            conditions.append(c.status == sa.literal(str(status), literal_execute=True))
-        if job_type is not None:
-            conditions.append(c.job_type == job_type)
-        if queue is not None:
-            conditions.append(c.queue == queue)
-        where = sa.and_(sa.true(), *conditions)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(*self._columns).where(where).order_by(c.id.desc())
-                .offset(offset).limit(limit)
-            ).all()
-            total = conn.execute(sa.select(sa.func.count()).select_from(self.table).where(where))
-            count = int(total.scalar_one())
-        return [self.to_job(row) for row in rows], count
-
     def stats(self, now: dt.datetime, handled: t.Collection[str]) -> dict[str, t.Any]:
         """Counts by status and type, and the due backlog, in two aggregate queries."""
         c = self.table.c
