@@ -561,6 +561,48 @@ def _process_limit() -> int | None:
     return schemas.validate(schemas.ProcessBody, data).limit
 
 
+_QUEUE = {"name": (schemas.QueueName, "A queue's name.")}
+
+
+@blueprint.get("/queues", **_route_options)
+@operation("listQueues", "Every queue with jobs or a stored state: paused or not, and its"
+           " job counts", responses={200: (schemas.QueueList, "The queues.")})
+def list_queues() -> Response:
+    return jsonify({"items": _ext().queues()})
+
+
+@blueprint.post("/queues/<name>/pause", **_route_options)
+@operation("pauseQueue", "Stop every process from starting the queue's jobs (running ones"
+           " finish)", path=_QUEUE, errors=(400,),
+           responses={200: (schemas.Queue, "The queue, now paused.")})
+def pause_queue(name: str) -> Response:
+    return jsonify(_queue_action(_ext().pause_queue, name))
+
+
+@blueprint.post("/queues/<name>/resume", **_route_options)
+@operation("resumeQueue", "Let every process start the queue's jobs again", path=_QUEUE,
+           errors=(400,), responses={200: (schemas.Queue, "The queue, now running.")})
+def resume_queue(name: str) -> Response:
+    return jsonify(_queue_action(_ext().resume_queue, name))
+
+
+def _queue_action(action: t.Callable[[str], dict[str, t.Any]], name: str) -> dict[str, t.Any]:
+    try:
+        return action(name)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+@blueprint.get("/processes", **_route_options)
+@operation("listProcesses", "The processes that run jobs, as their heartbeats recorded them"
+           " (records unseen for three leases are removed)",
+           responses={200: (schemas.ProcessList, "The processes.")})
+def list_processes() -> Response:
+    items = [{**p, "started_at": p["started_at"].isoformat(),
+              "last_seen": p["last_seen"].isoformat()} for p in _ext().processes()]
+    return jsonify({"items": items})
+
+
 @blueprint.get("/openapi.json", **_route_options)
 @operation("getOpenAPI", "This document", responses={
     200: ({"type": "object"}, "The OpenAPI document."),

@@ -87,6 +87,41 @@ def retry_command(job_id: int) -> None:
     click.echo(f"job {job.id} is {job.status}")
 
 
+@jobs_cli.command("pause")
+@click.argument("name")
+def pause_command(name: str) -> None:
+    """Stop every process from starting the queue's jobs."""
+    try:
+        queue = _ext().pause_queue(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    click.echo(f"queue {queue['name']} is paused")
+
+
+@jobs_cli.command("resume")
+@click.argument("name")
+def resume_command(name: str) -> None:
+    """Let every process start the queue's jobs again."""
+    try:
+        queue = _ext().resume_queue(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    click.echo(f"queue {queue['name']} is running")
+
+
+@jobs_cli.command("queues")
+def queues_command() -> None:
+    """Print every queue, whether it is paused, and its job counts."""
+    _echo(_ext().queues())
+
+
+@jobs_cli.command("processes")
+def processes_command() -> None:
+    """Print the processes that run jobs, as the registry knows them."""
+    _echo([{**p, "started_at": p["started_at"].isoformat(),
+            "last_seen": p["last_seen"].isoformat()} for p in _ext().processes()])
+
+
 @jobs_cli.command("work")
 def work_command() -> None:
     """Run the job processor in the foreground until SIGINT or SIGTERM."""

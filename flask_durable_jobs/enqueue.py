@@ -17,7 +17,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from . import callbacks, signals
+from . import callbacks, limits, signals
 from . import handlers as handlers_module
 from . import payload as payload_json
 from .errors import ConfigError
@@ -170,6 +170,7 @@ def _new_row(
         "status": PENDING,
         "attempts": 0,
         "orphan_policy": spec.on_orphan,
+        "concurrency_key": limits.default_key(spec),
         "callback_attempts": 0,
         "run_at": run_at,
         "created_at": now,
@@ -334,6 +335,8 @@ def enqueue(
     payload_json.check_payload(payload, state.settings.max_payload_bytes)  # names the path
     check_strings(payload)
     values["payload"] = payload
+    if values["concurrency_key"] is not None:  # a limited handler's: by this payload
+        values["concurrency_key"] = limits.key_for(state.ext.handlers[job_type], payload)
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255:
             raise ValueError(
@@ -383,6 +386,7 @@ def enqueue_many(
         priority=priority, max_attempts=max_attempts,
     )
     texts = []
+    payloads = list(payloads)
     for index, payload in enumerate(payloads):
         try:
             texts.append(payload_json.dumps_payload(payload, state.settings.max_payload_bytes))
@@ -390,9 +394,29 @@ def enqueue_many(
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"payloads[{index}]: {exc}") from None
     session = state.db.session
-    ids = state.store.insert_many(session, values, texts)
+    if values["concurrency_key"] is not None:  # a limited handler's: one insert per key
+        ids = _insert_by_key(state, session, values, payloads, texts)
+    else:
+        ids = state.store.insert_many(session, values, texts)
     _after_enqueue(state, session, commit, {job_type: ids}, None,
                    due=values["run_at"] <= values["created_at"])
+    return ids
+
+
+def _insert_by_key(
+    state: State, session: t.Any, values: dict[str, t.Any],
+    payloads: list[dict[str, t.Any]], texts: list[str],
+) -> list[int]:
+    """Insert a limited handler's jobs, one statement per concurrency key
+    (every key computed before any SQL); ids in payload order."""
+    groups = limits.group_by_key(state.ext.handlers[values["job_type"]], payloads)
+    ids = [0] * len(texts)
+    for key, positions in groups.items():
+        new_ids = state.store.insert_many(
+            session, {**values, "concurrency_key": key}, [texts[i] for i in positions]
+        )
+        for position, job_id in zip(positions, new_ids, strict=True):
+            ids[position] = job_id
     return ids
 
 
@@ -461,7 +485,7 @@ def enqueue_batch(
         raise ValueError(f"batch_id must be a string of 1 to 64 characters, got {batch_id!r}")
     else:
         check_text(batch_id, "batch_id")
-    by_type: dict[str, list[tuple[int, str]]] = {}
+    by_type: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
     shared: dict[str, dict[str, t.Any]] = {}  # each type's columns, checked before any SQL
     for index, (job_type, payload) in enumerate(pairs):
         try:
@@ -471,20 +495,25 @@ def enqueue_batch(
             raise type(exc)(f"jobs[{index}]: {exc}") from None
         if job_type not in shared:
             shared[job_type] = job_values(state, job_type)
-        by_type.setdefault(job_type, []).append((index, text))
+        key = shared[job_type]["concurrency_key"]
+        if key is not None:  # a limited handler's: by this payload
+            try:
+                key = limits.key_for(state.ext.handlers[job_type], payload)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"jobs[{index}]: {exc}") from None
+        by_type.setdefault((job_type, key), []).append((index, text))
     session = state.db.session
     now = state.now()
     state.store.insert_batch(session, batch_id, on_complete=on_complete,
                              on_complete_payload=on_complete_payload, now=now)
     ids: list[int] = [0] * len(pairs)
     enqueued: dict[str, list[int]] = {}
-    for job_type, items in by_type.items():
-        values = shared[job_type]
-        values["batch_id"] = batch_id
+    for (job_type, key), items in by_type.items():
+        values = {**shared[job_type], "batch_id": batch_id, "concurrency_key": key}
         new_ids = state.store.insert_many(session, values, [text for _, text in items])
         for (index, _text), job_id in zip(items, new_ids, strict=True):
             ids[index] = job_id
-        enqueued[job_type] = new_ids
+        enqueued.setdefault(job_type, []).extend(new_ids)
     _after_enqueue(state, session, commit, enqueued, None, due=True)
     return Batch(id=batch_id, job_ids=ids)
 

@@ -21,7 +21,15 @@ from . import periodic as periodic_module
 from .clock import DatabaseClock
 from .handlers import Handler, HandlerSpec
 from .migrations import define_version_table
-from .models import Batch, Job, as_utc, define_batch_table, define_table, utcnow
+from .models import (
+    Batch,
+    Job,
+    as_utc,
+    define_batch_table,
+    define_control_tables,
+    define_table,
+    utcnow,
+)
 from .retry import Backoff, default_backoff
 from .scheduler import (
     AFTER_FORK,
@@ -264,6 +272,7 @@ class DurableJobs:
         table = define_table(db.metadata)
         batches = define_batch_table(db.metadata)
         periodic_module.define_table(db.metadata)
+        define_control_tables(db.metadata)
         define_version_table(db.metadata)
         state = State(self, app, db, settings, table, batches)
         app.extensions[EXTENSION_KEY] = state
@@ -307,11 +316,17 @@ class DurableJobs:
         priority: int = handlers_module.DEFAULT_PRIORITY,
         backoff: Backoff | None = None,
         on_orphan: str = "retry",
+        concurrency: int | None = None,
+        concurrency_key: t.Callable[[dict[str, t.Any]], str] | None = None,
+        rate_limit: str | None = None,
     ) -> t.Any:
         """Register a job handler: ``@jobs.handler`` or ``@jobs.handler("name", ...)``.
 
         ``on_orphan="dead"`` sends a job whose worker died mid-run to ``dead``
         instead of retrying it, for side effects that must not repeat blindly.
+        ``concurrency=N`` runs at most N attempts at once across every process
+        (per ``concurrency_key(payload)`` when given); ``rate_limit="N/s"``
+        (``/m``, ``/h``) starts at most N attempts per period.
         """
 
         def register(func: F) -> F:
@@ -319,6 +334,8 @@ class DurableJobs:
             spec = handlers_module.make_spec(
                 job_type, t.cast(Handler, func), max_attempts=max_attempts, timeout=timeout,
                 queue=queue, priority=priority, backoff=backoff, on_orphan=on_orphan,
+                concurrency=concurrency, concurrency_key=concurrency_key,
+                rate_limit=rate_limit,
             )
             enqueue_module.check_handler(spec)
             if job_type in self._handlers:
@@ -489,6 +506,34 @@ class DurableJobs:
         if job.batch_id is not None:
             state.finish_batches([job.batch_id])
         return job
+
+    # -- queues and processes ------------------------------------------------------
+
+    def pause_queue(self, name: str) -> dict[str, t.Any]:
+        """Stop every process and host from claiming the queue's jobs (at its
+        next claim); running jobs finish. Returns the queue as :meth:`queues` shows it."""
+        from . import queues
+
+        return queues.pause(get_state(), name)
+
+    def resume_queue(self, name: str) -> dict[str, t.Any]:
+        """Let every process claim the queue's jobs again."""
+        from . import queues
+
+        return queues.resume(get_state(), name)
+
+    def queues(self) -> list[dict[str, t.Any]]:
+        """Every queue with jobs or a stored state: ``{"name", "paused", "counts"}``."""
+        from . import queues
+
+        return queues.queues(get_state())
+
+    def processes(self) -> list[dict[str, t.Any]]:
+        """The registry's live processes: ``id``, ``host``, ``pid``, ``started_at``,
+        ``last_seen``, ``queues``, ``concurrency``, ``version``, ``jobs_in_flight``."""
+        from . import processes
+
+        return processes.processes(get_state())
 
     # -- batches ---------------------------------------------------------------------
 

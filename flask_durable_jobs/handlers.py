@@ -25,6 +25,17 @@ class HandlerSpec:
     priority: int = DEFAULT_PRIORITY
     backoff: Backoff | None = None  # None: the app's default policy
     on_orphan: str = "retry"  # what the sweep does when a lease expires: retry or dead
+    #: at most this many attempts with the same concurrency key run at once
+    concurrency: int | None = None
+    #: payload -> the key the concurrency limit counts by (None: one limit per type)
+    concurrency_key: t.Callable[[dict[str, t.Any]], str] | None = None
+    #: at most this many attempts start per period: (count, seconds), from "N/s|m|h"
+    rate_limit: tuple[int, float] | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Claimed through the limited claim (a concurrency or rate limit)."""
+        return self.concurrency is not None or self.rate_limit is not None
 
 
 def default_name(func: t.Callable[..., t.Any]) -> str:
@@ -78,6 +89,9 @@ def make_spec(
     priority: int,
     backoff: Backoff | None,
     on_orphan: str = "retry",
+    concurrency: int | None = None,
+    concurrency_key: t.Callable[[dict[str, t.Any]], str] | None = None,
+    rate_limit: str | None = None,
 ) -> HandlerSpec:
     if not isinstance(name, str) or not name or len(name) > 200:
         raise ValueError(f"handler name must be a non-empty string of at most 200 characters,"
@@ -100,7 +114,21 @@ def make_spec(
         raise TypeError(f"backoff must be a callable attempt -> seconds, got {backoff!r}")
     if on_orphan not in ("retry", "dead"):
         raise ValueError(f"on_orphan must be 'retry' or 'dead', got {on_orphan!r}")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ValueError(f"concurrency must be an integer >= 1 or None, got {concurrency!r}")
+    if concurrency_key is not None:
+        if not callable(concurrency_key):
+            raise TypeError(f"concurrency_key must be a callable payload -> str, got"
+                            f" {concurrency_key!r}")
+        if concurrency is None:
+            raise ValueError("concurrency_key needs concurrency=N: the most attempts with"
+                             " one key that run at once")
     return HandlerSpec(
+        concurrency=concurrency,
+        concurrency_key=concurrency_key,
+        rate_limit=None if rate_limit is None else parse_rate_limit(rate_limit),
         name=name,
         on_orphan=on_orphan,
         func=func,
@@ -110,3 +138,21 @@ def make_spec(
         priority=check_priority(priority),
         backoff=backoff,
     )
+
+
+#: Seconds in each period a rate limit may name.
+RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: The most starts a rate limit may allow per period (the window keeps each one).
+MAX_RATE = 10_000
+
+
+def parse_rate_limit(value: t.Any) -> tuple[int, float]:
+    """``"N/s"``, ``"N/m"`` or ``"N/h"`` as (N, seconds in the period)."""
+    count, _, unit = value.partition("/") if isinstance(value, str) else ("", "", "")
+    if (not count.isdigit() or not count.isascii() or unit not in RATE_PERIODS
+            or not 1 <= int(count) <= MAX_RATE):
+        raise ValueError(
+            f"rate_limit must be 'N/s', 'N/m' or 'N/h' with N a whole number from 1 to"
+            f" {MAX_RATE} (e.g. '100/m'), got {value!r}"
+        )
+    return int(count), RATE_PERIODS[unit]

@@ -185,6 +185,8 @@ class Run:
             return
         self.outage.answered()
         self.next_heartbeat = time.monotonic() + self.heartbeat_every
+        if self.keep_polling:  # the scheduler's run renews the process record too
+            self.runner.beat()
         for job_id, _token in held:
             if job_id not in kept:
                 log.warning("job %s: lease lost (another worker may run it)", job_id)
@@ -333,6 +335,8 @@ class Run:
         if self.maybe_written:
             self.maybe_written.difference_update(o.id for o in outcomes)
         self.runner.written(kept)
+        if kept and self.runner.frees_slots(kept):  # a limited type's slot is free
+            self.exhausted = self.budget == 0
         # completing a batch checks the database: harmless if these did not end it
         self.runner.batches_ended(o.batch_id for o in unsure if o.status != RETRYING)
 

@@ -87,6 +87,11 @@ ENDED_SQL = "(" + " OR ".join(f"status = {sql_literal(s)}" for s in TERMINAL) + 
 #: Jobs whose completion callback waits to be sent.
 CALLBACK_DUE_SQL = f"callback_status = {sql_literal(CallbackStatus.PENDING)}"
 
+#: Waiting jobs of handlers with a concurrency or rate limit (their own claim's index).
+LIMITED_WAITING_SQL = f"{WAITING_SQL} AND concurrency_key IS NOT NULL"
+#: Running jobs of those handlers (counted per key by their claim).
+LIMITED_RUNNING_SQL = f"{RUNNING_SQL} AND concurrency_key IS NOT NULL"
+
 #: What the ``{NAME}`` placeholders of the SQL files (:mod:`flask_durable_jobs.sql`)
 #: stand for: each status as a literal (``{RUNNING}`` is ``'running'``,
 #: ``{CALLBACK_PENDING}`` a callback's), and the index conditions above.
@@ -97,6 +102,8 @@ SQL_NAMES: dict[str, str] = {
     "RUNNING_SQL": RUNNING_SQL,
     "ENDED_SQL": ENDED_SQL,
     "CALLBACK_DUE_SQL": CALLBACK_DUE_SQL,
+    "LIMITED_WAITING_SQL": LIMITED_WAITING_SQL,
+    "LIMITED_RUNNING_SQL": LIMITED_RUNNING_SQL,
 }
 
 UTC = dt.timezone.utc
@@ -164,6 +171,8 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
     keyed = sa.text("idempotency_key IS NOT NULL")
     in_batch = sa.text("batch_id IS NOT NULL")
     callback_due = sa.text(CALLBACK_DUE_SQL)
+    limited_waiting = sa.text(LIMITED_WAITING_SQL)
+    limited_running = sa.text(LIMITED_RUNNING_SQL)
     return sa.Table(
         TABLE_NAME,
         metadata,
@@ -196,6 +205,9 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("callback_error", sa.Text(), nullable=True),
         sa.Column("callback_next_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secrets", sa.Text(), nullable=True),  # encrypted; never returned
+        # the concurrency limit's key ('' for one limit per type); NULL for
+        # jobs of handlers without concurrency or rate limits
+        sa.Column("concurrency_key", sa.String(200), nullable=True),
         # Partial: most jobs have no key, and a full index would take an entry
         # for every row version the queue writes.
         sa.Index(
@@ -249,6 +261,27 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
             "callback_next_at",
             postgresql_where=callback_due,
             sqlite_where=callback_due,
+        ),
+        # The limited claim: the keys with waiting jobs (a loose index scan),
+        # then each key's next jobs in claim order. Plain jobs have no key, so
+        # they never enter it.
+        sa.Index(
+            "ix_durable_jobs_limited",
+            "job_type",
+            "concurrency_key",
+            "priority",
+            "run_at",
+            "id",
+            postgresql_where=limited_waiting,
+            sqlite_where=limited_waiting,
+        ),
+        # The running jobs of limited types, counted per key at each limited claim.
+        sa.Index(
+            "ix_durable_jobs_limited_running",
+            "job_type",
+            "concurrency_key",
+            postgresql_where=limited_running,
+            sqlite_where=limited_running,
         ),
     )
 
@@ -320,3 +353,61 @@ def define_batch_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
         keep_existing=True,  # defined once per metadata; later calls get it
     )
+
+
+QUEUES_TABLE_NAME = "durable_jobs_queues"
+LIMITS_TABLE_NAME = "durable_jobs_limits"
+PROCESSES_TABLE_NAME = "durable_jobs_processes"
+
+
+class ControlTables(t.NamedTuple):
+    queues: sa.Table
+    limits: sa.Table
+    processes: sa.Table
+
+
+def define_control_tables(metadata: sa.MetaData) -> ControlTables:
+    """The tables of queue states, limits and live processes on ``metadata``.
+
+    ``durable_jobs_queues``: a queue's stored state (paused), read by every
+    claim. ``durable_jobs_limits``: one row per limited job type, locked by its
+    claim, holding the recent start times its rate limit counts.
+    ``durable_jobs_processes``: every process that runs the processor,
+    renewed by its heartbeat.
+    """
+    found = [metadata.tables.get(name)
+             for name in (QUEUES_TABLE_NAME, LIMITS_TABLE_NAME, PROCESSES_TABLE_NAME)]
+    if all(table is not None for table in found):
+        return ControlTables(*t.cast("list[sa.Table]", found))
+    queues = sa.Table(
+        QUEUES_TABLE_NAME,
+        metadata,
+        sa.Column("name", sa.String(100), primary_key=True),
+        sa.Column("paused", sa.Boolean(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        keep_existing=True,
+    )
+    limits = sa.Table(
+        LIMITS_TABLE_NAME,
+        metadata,
+        sa.Column("job_type", sa.String(200), primary_key=True),
+        # JSON array of the start times (epoch seconds) within the rate window
+        sa.Column("starts", sa.Text(), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        keep_existing=True,
+    )
+    processes = sa.Table(
+        PROCESSES_TABLE_NAME,
+        metadata,
+        sa.Column("id", sa.String(200), primary_key=True),  # the runner's worker id
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("queues", sa.Text(), nullable=True),  # JSON list; NULL: every queue
+        sa.Column("concurrency", sa.Integer(), nullable=False),
+        sa.Column("version", sa.String(50), nullable=False),
+        sa.Column("inflight", sa.Integer(), nullable=False),
+        keep_existing=True,
+    )
+    return ControlTables(queues, limits, processes)

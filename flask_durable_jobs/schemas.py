@@ -589,3 +589,38 @@ class BulkResult(BaseModel):
         description="Jobs changed; matching jobs whose status does not allow the action"
         " (or that another process held at that moment) are skipped."
     )
+
+
+# -- queues and processes ------------------------------------------------------------
+
+QueueName = t.Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class Queue(BaseModel):
+    """A queue that has jobs or a stored state."""
+
+    name: str
+    paused: bool = Field(description="No process starts its jobs; running ones finish.")
+    counts: CountsByStatus
+
+
+class QueueList(BaseModel):
+    items: list[Queue]
+
+
+class ProcessRecord(BaseModel):
+    """A process that runs the job processor, as its heartbeat last recorded it."""
+
+    id: str = Field(description="host:pid:suffix, as the jobs it runs hold in worker_id.")
+    host: str
+    pid: int
+    started_at: Timestamp
+    last_seen: Timestamp
+    queues: list[str] | None = Field(description="The queues it works; null: every queue.")
+    concurrency: Count = Field(description="Its handler threads.")
+    version: str = Field(description="Its flask-durable-jobs version.")
+    jobs_in_flight: Count = Field(description="Jobs it held at its last heartbeat.")
+
+
+class ProcessList(BaseModel):
+    items: list[ProcessRecord]

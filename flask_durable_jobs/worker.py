@@ -31,13 +31,14 @@ import typing as t
 import uuid
 from datetime import timedelta
 
-from . import faults, signals, vault
+from . import faults, limits, signals, vault
 from . import payload as payload_json
 from .errors import Discard
 from .handlers import HandlerSpec
 from .loop import WAKE, Counts, Run, empty_counts
 from .models import DEAD, RETRYING, SUCCEEDED
 from .pool import ABANDONED, DONE, QUEUED, RUNNING, HandlerPool, WorkItem
+from .processes import Registration
 from .retry import Backoff, delay_for
 from .store import Finish
 
@@ -129,6 +130,9 @@ class Runner:
         self.on_idle_wake: t.Callable[[], None] | None = None
         #: Called with the ids of batches that had a job end.
         self.on_batch_ended: t.Callable[[set[str]], object] | None = None
+        #: This process's record in the registry (made by the scheduler's runs).
+        self.registration = Registration(store, settings, self.worker_id)
+        self._limited_turn = 0  # which limited type claims first, in turn
 
     # -- running handlers (on pool threads) -------------------------------
 
@@ -262,27 +266,53 @@ class Runner:
         return max(1, size // 2)
 
     def handled_types(self) -> list[str]:
-        return sorted(self.handlers)
+        """The plain types this process handles (limited ones: :meth:`limited_specs`)."""
+        return sorted(name for name, spec in self.handlers.items() if not spec.limited)
+
+    def limited_specs(self) -> list[HandlerSpec]:
+        """The handlers with a concurrency or rate limit, a different one first
+        at each call, so that one type never takes every claim's room."""
+        specs = [spec for _name, spec in sorted(self.handlers.items()) if spec.limited]
+        if specs:
+            self._limited_turn = (self._limited_turn + 1) % len(specs)
+            specs = specs[self._limited_turn:] + specs[:self._limited_turn]
+        return specs
+
+    def frees_slots(self, outcomes: t.Iterable[Finish]) -> bool:
+        """Whether any of these written outcomes ended an attempt of a
+        limited type (another job of it may be claimable now)."""
+        for outcome in outcomes:
+            spec = self.handlers.get(outcome.job_type)
+            if spec is not None and spec.limited:
+                return True
+        return False
 
     def claim(self, limit: int, done: queue.SimpleQueue[t.Any]) -> list[WorkItem]:
         """Claim up to ``limit`` due jobs as work items reporting to ``done``."""
         types = self.handled_types()
-        if not types or limit <= 0:
+        limited = self.limited_specs()
+        if (not types and not limited) or limit <= 0:
             return []
         now = self.clock()
         token = uuid.uuid4().hex
         try:
-            rows = self.store.claim(
-                job_types=types,
-                queues=self.settings.queues,
-                limit=limit,
-                now=now,
+            rows = [] if not limited else limits.claim(
+                self.store, limited, queues=self.settings.queues, limit=limit, now=now,
                 lease_until=now + timedelta(seconds=self.settings.lease_seconds),
-                token=token,
-                worker_id=self.worker_id,
-                # without a key, jobs carrying secrets wait for a process that has one
-                with_secrets=self.vault is not None,
+                token=token, worker_id=self.worker_id, with_secrets=self.vault is not None,
             )
+            if types and len(rows) < limit:
+                rows += self.store.claim(
+                    job_types=types,
+                    queues=self.settings.queues,
+                    limit=limit - len(rows),
+                    now=now,
+                    lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                    token=token,
+                    worker_id=self.worker_id,
+                    # without a key, jobs carrying secrets wait for a process that has one
+                    with_secrets=self.vault is not None,
+                )
         except Exception as exc:
             if faults.lost_connection(exc):
                 # the server may have committed the claim before the answer
@@ -398,6 +428,8 @@ class Runner:
         poll interval while earlier ones are still running. The run keeps one
         database connection for its claims and writes.
         """
+        if keep_polling:  # the scheduler's run: this process runs the processor
+            self.beat()
         run = Run(self, limit, keep_polling)
         with self._lock:
             self._runs.append(run.done)
@@ -458,6 +490,18 @@ class Runner:
         with self._lock:
             return sum(run.unwritten_count() for run in self._open_runs)
 
+    def beat(self) -> None:
+        """Renew this process's registry record when due; a failure is logged,
+        never raised (the next beat tries again)."""
+        try:
+            with self._lock:
+                inflight = sum(len(run.inflight) for run in self._open_runs)
+            self.registration.beat(self.clock(), inflight)
+        except Exception as exc:
+            self.messages.log(("registry", type(exc).__name__), logging.WARNING,
+                              "durable jobs: renewing the process record failed: %s",
+                              faults.summary(exc))
+
     @property
     def busy(self) -> bool:
         with self._lock:
@@ -467,6 +511,10 @@ class Runner:
         if not self._closed:
             self._closed = True
             self.pool.close(self.settings.concurrency)
+            try:
+                self.registration.forget()
+            except Exception as exc:  # it expires after three leases anyway
+                log.debug("removing the process record failed: %s", faults.summary(exc))
 
 
 def _outcome_receivers() -> bool:

@@ -21,13 +21,14 @@ from alembic import context
 
 from flask_durable_jobs import periodic
 from flask_durable_jobs.migrations import VERSION_TABLE, define_version_table
-from flask_durable_jobs.models import define_batch_table, define_table
+from flask_durable_jobs.models import define_batch_table, define_control_tables, define_table
 
 metadata = sa.MetaData()
 define_table(metadata)
 define_batch_table(metadata)
 periodic.define_table(metadata)
 define_version_table(metadata)
+define_control_tables(metadata)
 
 url = os.environ.get("DURABLE_JOBS_DEV_DATABASE_URL")
 if not url:

@@ -34,7 +34,8 @@ def define_version_table(metadata: sa.MetaData) -> sa.Table:
 
 
 JOB_TABLES = frozenset(
-    {"durable_jobs", "durable_jobs_batches", "durable_jobs_periodic", VERSION_TABLE}
+    {"durable_jobs", "durable_jobs_batches", "durable_jobs_periodic", VERSION_TABLE,
+     "durable_jobs_queues", "durable_jobs_limits", "durable_jobs_processes"}
 )
 
 

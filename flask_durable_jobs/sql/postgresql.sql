@@ -26,12 +26,12 @@
 INSERT INTO durable_jobs (
     job_type, queue, status, priority, max_attempts, attempts, orphan_policy,
     callback_attempts, run_at, created_at, updated_at, batch_id, idempotency_key,
-    owner, secrets, callback_url, payload
+    owner, secrets, callback_url, concurrency_key, payload
 )
 SELECT :job_type, :queue, :status, CAST(:priority AS INTEGER),
        CAST(:max_attempts AS INTEGER), CAST(:attempts AS INTEGER), :orphan_policy,
        CAST(:callback_attempts AS INTEGER), :run_at, :created_at, :updated_at,
-       :batch_id, :idempotency_key, :owner, :secrets, :callback_url,
+       :batch_id, :idempotency_key, :owner, :secrets, :callback_url, :concurrency_key,
        CAST(p.payload AS JSONB)
 FROM unnest(CAST(:payloads AS TEXT[])) WITH ORDINALITY AS p(payload, ord)
 ORDER BY p.ord
@@ -56,6 +56,8 @@ WHERE j.id = ANY(ARRAY(
       AND job_type = ANY(CAST(:types AS TEXT[]))
       AND (CAST(:queues AS TEXT[]) IS NULL OR queue = ANY(CAST(:queues AS TEXT[])))
       AND (:with_secrets OR secrets IS NULL)
+      -- paused queues: read once per statement (an InitPlan)
+      AND queue <> ALL(ARRAY(SELECT name FROM durable_jobs_queues WHERE paused))
     ORDER BY priority, run_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -202,3 +204,86 @@ GROUP BY 1, 2
 -- other filters leave: no index holds arbitrary payload fields.
 (jsonb_typeof(payload -> CAST(:payload_field AS text)) IN ('string', 'number', 'boolean')
  AND payload ->> CAST(:payload_field AS text) = CAST(:payload_value AS text))
+
+
+-- name: set_queue_state
+-- A queue's stored state (paused or not); every claim reads it.
+INSERT INTO durable_jobs_queues (name, paused, updated_at)
+VALUES (:name, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
+
+
+-- name: lock_limits
+-- The limited claim's first statement: the job type's limits row, made if
+-- need be, locked until the claim's transaction ends (one limited claim of
+-- a type at a time, on every host); returns the rate window's start times.
+INSERT INTO durable_jobs_limits (job_type, starts, updated_at)
+VALUES (:job_type, NULL, :now)
+ON CONFLICT (job_type) DO UPDATE SET job_type = excluded.job_type
+RETURNING starts
+
+
+-- name: save_limits
+-- The rate window's start times after a limited claim (under the row's lock).
+UPDATE durable_jobs_limits SET starts = :starts, updated_at = :now WHERE job_type = :job_type
+
+
+-- name: claim_limited
+-- Up to :limit due jobs of one limited type, at most :concurrency running
+-- per concurrency key, under the type's limits row lock (lock_limits, in the
+-- same transaction: this statement's snapshot sees every claim before it).
+-- keys: the keys with waiting jobs, one index probe each (a loose index scan
+-- of ix_durable_jobs_limited); busy: running jobs per key whose lease has not
+-- expired (a dead process's slot frees when its lease ends); each key then
+-- gives its next jobs in claim order, as many as it has free slots, so a full
+-- key never holds back the others. The UPDATE repeats the waiting condition:
+-- a job cancelled meanwhile is left alone.
+WITH RECURSIVE keys(k) AS (
+    (SELECT concurrency_key FROM durable_jobs
+     WHERE {LIMITED_WAITING_SQL} AND job_type = :job_type
+     ORDER BY concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT concurrency_key FROM durable_jobs
+            WHERE {LIMITED_WAITING_SQL} AND job_type = :job_type AND concurrency_key > keys.k
+            ORDER BY concurrency_key LIMIT 1)
+    FROM keys WHERE keys.k IS NOT NULL
+),
+busy AS (
+    SELECT concurrency_key AS k, count(*) AS n FROM durable_jobs
+    WHERE {LIMITED_RUNNING_SQL} AND job_type = :job_type AND lease_expires_at > :now
+    GROUP BY concurrency_key
+),
+picked AS (
+    SELECT c.id FROM keys
+    LEFT JOIN busy ON busy.k = keys.k
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM durable_jobs
+        WHERE {LIMITED_WAITING_SQL} AND job_type = :job_type AND concurrency_key = keys.k
+          AND run_at <= :now
+          AND (CAST(:queues AS JSONB) IS NULL
+               OR queue IN (SELECT jsonb_array_elements_text(CAST(:queues AS JSONB))))
+          AND queue <> ALL(ARRAY(SELECT name FROM durable_jobs_queues WHERE paused))
+          AND (:with_secrets OR secrets IS NULL)
+        ORDER BY priority, run_at, id
+        LIMIT GREATEST(0, CAST(:concurrency AS INTEGER) - COALESCE(busy.n, 0))
+    ) AS c
+    WHERE keys.k IS NOT NULL
+    ORDER BY c.priority, c.run_at, c.id
+    LIMIT :limit
+)
+UPDATE durable_jobs AS j
+SET status = {RUNNING}, attempts = j.attempts + 1, lease_token = :token,
+    lease_expires_at = :lease, worker_id = :worker, started_at = :now, updated_at = :now
+WHERE j.id IN (SELECT id FROM picked) AND j.status IN ({PENDING}, {RETRYING})
+RETURNING j.id, j.job_type, j.payload::text, j.attempts, j.max_attempts,
+          j.secrets, j.batch_id,
+          j.priority, (extract(epoch FROM j.run_at) * 1000000)::bigint
+
+
+-- name: beat_process
+-- This process's record in the registry, made or renewed by its heartbeat.
+INSERT INTO durable_jobs_processes (
+    id, host, pid, started_at, last_seen, queues, concurrency, version, inflight
+)
+VALUES (:id, :host, :pid, :started_at, :now, :queues, :concurrency, :version, :inflight)
+ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, inflight = excluded.inflight

@@ -27,11 +27,11 @@
 INSERT INTO durable_jobs (
     job_type, queue, status, priority, max_attempts, attempts, orphan_policy,
     callback_attempts, run_at, created_at, updated_at, batch_id, idempotency_key,
-    owner, secrets, callback_url, payload
+    owner, secrets, callback_url, concurrency_key, payload
 )
 SELECT :job_type, :queue, :status, :priority, :max_attempts, :attempts, :orphan_policy,
        :callback_attempts, :run_at, :created_at, :updated_at, :batch_id,
-       :idempotency_key, :owner, :secrets, :callback_url, value
+       :idempotency_key, :owner, :secrets, :callback_url, :concurrency_key, value
 FROM json_each(:payloads)
 WHERE true
 ORDER BY key
@@ -54,6 +54,8 @@ WHERE id IN (
       AND job_type IN (SELECT value FROM json_each(:types))
       AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
       AND (:with_secrets OR secrets IS NULL)
+      -- paused queues: an uncorrelated subquery, read once per statement
+      AND queue NOT IN (SELECT name FROM durable_jobs_queues WHERE paused)
     ORDER BY priority, run_at, id
     LIMIT :limit
 )
@@ -165,3 +167,68 @@ GROUP BY 1, 2
          WHEN 'false' THEN 'false'
          ELSE CAST(json_extract(payload, '$."' || :payload_field || '"') AS TEXT)
      END = :payload_value)
+
+
+-- name: set_queue_state
+-- A queue's stored state (paused or not); every claim reads it.
+INSERT INTO durable_jobs_queues (name, paused, updated_at)
+VALUES (:name, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
+
+
+-- name: lock_limits
+-- The limited claim's first statement: the job type's limits row, made if
+-- need be; returns the rate window's start times. (The BEGIN IMMEDIATE
+-- around the limited claim is the lock: one writer at a time.)
+INSERT INTO durable_jobs_limits (job_type, starts, updated_at)
+VALUES (:job_type, NULL, :now)
+ON CONFLICT (job_type) DO UPDATE SET job_type = excluded.job_type
+RETURNING starts
+
+
+-- name: save_limits
+-- The rate window's start times after a limited claim.
+UPDATE durable_jobs_limits SET starts = :starts, updated_at = :now WHERE job_type = :job_type
+
+
+-- name: claim_limited
+-- Up to :limit due jobs of one limited type, at most :concurrency running
+-- per concurrency key (running jobs whose lease has not expired: a dead
+-- process's slot frees when its lease ends). Each key's waiting jobs are
+-- numbered in claim order and a key gives as many as it has free slots, so a
+-- full key never holds back the others.
+WITH busy AS (
+    SELECT concurrency_key AS k, count(*) AS n FROM durable_jobs
+    WHERE {LIMITED_RUNNING_SQL} AND job_type = :job_type AND lease_expires_at > :now
+    GROUP BY concurrency_key
+),
+ranked AS (
+    SELECT id, priority, run_at, concurrency_key AS k,
+           row_number() OVER (PARTITION BY concurrency_key
+                              ORDER BY priority, run_at, id) AS n
+    FROM durable_jobs INDEXED BY ix_durable_jobs_limited
+    WHERE {LIMITED_WAITING_SQL} AND job_type = :job_type AND run_at <= :now
+      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+      AND queue NOT IN (SELECT name FROM durable_jobs_queues WHERE paused)
+      AND (:with_secrets OR secrets IS NULL)
+)
+UPDATE durable_jobs
+SET status = {RUNNING}, attempts = attempts + 1, lease_token = :token,
+    lease_expires_at = :lease, worker_id = :worker, started_at = :now, updated_at = :now
+WHERE id IN (
+    SELECT r.id FROM ranked AS r LEFT JOIN busy AS b ON b.k = r.k
+    WHERE r.n <= :concurrency - COALESCE(b.n, 0)
+    ORDER BY r.priority, r.run_at, r.id
+    LIMIT :limit
+)
+RETURNING id, job_type, payload, attempts, max_attempts, secrets, batch_id,
+          priority, run_at
+
+
+-- name: beat_process
+-- This process's record in the registry, made or renewed by its heartbeat.
+INSERT INTO durable_jobs_processes (
+    id, host, pid, started_at, last_seen, queues, concurrency, version, inflight
+)
+VALUES (:id, :host, :pid, :started_at, :now, :queues, :concurrency, :version, :inflight)
+ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, inflight = excluded.inflight

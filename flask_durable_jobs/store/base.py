@@ -61,7 +61,7 @@ SWEEP_BATCH = 1000
 INSERT_CHUNK = 1000
 #: Columns of a new job that an enqueue may leave out (NULL).
 OPTIONAL_COLUMNS: dict[str, None] = dict.fromkeys(
-    ("batch_id", "idempotency_key", "owner", "secrets", "callback_url")
+    ("batch_id", "idempotency_key", "owner", "secrets", "callback_url", "concurrency_key")
 )
 #: The order a claim's rows start in: the claim query's (priority, run_at, id),
 #: from the two sort columns the claim returns last.
