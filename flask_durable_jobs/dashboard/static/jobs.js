@@ -128,7 +128,8 @@ export async function jobList(root, params) {
   root.append(
     h("div", { class: "list-tools" }, bulkBar, selectAllMatching,
       h("span", { class: "muted", id: "list-total" },
-        total === null ? "" : `${total} job${total === 1 ? "" : "s"} match`)),
+        total === null ? "" : `${data.total_exact === false ? "about " : ""}${total}`
+          + ` job${total === 1 ? "" : "s"} match`)),
     status,
     rows.length ? table(columns, rows, { id: "jobs" }) : h("p", { class: "muted", id: "no-jobs" },
       "No job matches."),

@@ -99,7 +99,7 @@ export async function processes(root) {
   return { refresh: async (fresh) => { const d = await optional("/processes"); if (fresh()) draw(d); } };
 }
 
-const PROCESS_COLUMNS = ["host", "pid", "queues", "concurrency", "in_flight", "version",
+const PROCESS_COLUMNS = ["host", "pid", "queues", "concurrency", "jobs_in_flight", "version",
   "started_at", "last_seen"];
 
 // The live process records; columns are whatever the records hold, the usual ones first.
