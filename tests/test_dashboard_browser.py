@@ -295,6 +295,7 @@ def test_retry_a_dead_job_from_its_page(app: Flask, jobs: DurableJobs, tab: Tab)
     assert page.inner_text("h1 [data-status]") == "dead"
     assert page.is_visible("[data-action=retry]")
     assert page.query_selector("[data-action=cancel]") is None  # dead: nothing to cancel
+    assert "null" not in page.inner_text("main")  # no progress: nothing shown for it
     assert "Discard" in page.inner_text("#last-error") or "gone" in page.inner_text("#last-error")
     tab.shot("job")
     page.click("[data-action=retry]")

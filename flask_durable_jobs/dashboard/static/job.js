@@ -10,7 +10,7 @@ export async function jobDetail(root, params, id) {
   const notice = h("div", { id: "job-notice" });
   root.append(notice, body);
   let job = await get("/" + id);
-  const draw = () => clear(body).append(...render(job, act));
+  const draw = () => clear(body).append(...render(job, act).filter(Boolean));
 
   async function act(action) {
     const verbs = { retry: "Retry", cancel: "Cancel", delete: "Delete" };

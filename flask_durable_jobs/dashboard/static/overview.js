@@ -21,7 +21,7 @@ async function load() {
 export async function overview(root) {
   const body = h("div");
   root.append(h("h1", {}, "Overview"), body);
-  const draw = (data) => clear(body).append(...render(data));
+  const draw = (data) => clear(body).append(...render(data).filter(Boolean));
   draw(await load());
   return {
     refresh: async (fresh) => {
