@@ -488,3 +488,86 @@ def test_screenshots_of_the_other_pages(app: Flask, jobs: DurableJobs, tab: Tab)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the job page is {width} px wide at phone width"
     tab.shot("job-phone")
+
+
+def _has_job_control() -> bool:
+    import flask_durable_jobs
+
+    return hasattr(flask_durable_jobs, "current_job")
+
+
+@POSTGRESQL
+@TOKENS
+@pytest.mark.xfail(
+    not _has_job_control(), reason="needs current_job() progress and cancel requests",
+    strict=False,
+)
+def test_a_running_job_shows_its_progress_and_takes_a_cancel_request(
+    app: Flask, jobs: DurableJobs, tab: Tab
+) -> None:
+    import flask_durable_jobs
+
+    current_job = flask_durable_jobs.current_job  # type: ignore[attr-defined]
+    release = threading.Event()
+
+    @jobs.handler("export_posts", timeout=60)
+    def export_posts(payload: dict[str, t.Any]) -> None:
+        job = current_job()
+        job.progress(0.4, message="40 of 100 posts", data={"done": 40})
+        release.wait(30)
+        job.check_cancelled()
+
+    job_id = jobs.enqueue("export_posts", {}).id
+
+    def work() -> None:
+        with app.app_context():
+            jobs.process_due()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        page = tab.login(ALL_TOKEN, f"#/jobs/{job_id}")
+        page.wait_for_selector("#progress", timeout=15_000)  # the page refreshes a running job
+        assert page.get_attribute("#progress progress", "value") == "0.4"
+        assert "40 of 100 posts" in page.inner_text("#progress")
+        assert page.query_selector("[data-action=delete]") is None  # running
+        page.click("[data-action=cancel]")
+        page.click("#confirm-yes")
+        page.wait_for_selector("text=Cancel requested")
+        assert page.query_selector("[data-action=cancel]") is None
+    finally:
+        release.set()
+        worker.join(30)
+    assert status_of(app, job_id) == "cancelled"
+
+
+@POSTGRESQL
+@TOKENS
+def test_the_overview_refreshes_while_visible_and_pauses_while_hidden(
+    app: Flask, jobs: DurableJobs, tab: Tab
+) -> None:
+    _jobs(jobs)
+    jobs.enqueue("send_email", {}, delay=600)
+    page = tab.login(ALL_TOKEN)
+    page.wait_for_selector("[data-count=pending]:text-is('1')")
+    jobs.enqueue("send_email", {}, delay=600)
+    page.wait_for_selector("[data-count=pending]:text-is('2')", timeout=12_000)
+
+    def set_visibility(state: str) -> None:
+        page.evaluate(
+            """state => {
+                Object.defineProperty(document, "visibilityState",
+                                      {value: state, configurable: true});
+                document.dispatchEvent(new Event("visibilitychange"));
+            }""",
+            state,
+        )
+
+    set_visibility("hidden")
+    asked = len([r for r in tab.requests if r.url.endswith("/stats")])
+    jobs.enqueue("send_email", {}, delay=600)
+    page.wait_for_timeout(7_000)  # more than one refresh period
+    assert len([r for r in tab.requests if r.url.endswith("/stats")]) == asked
+    assert page.inner_text("[data-count=pending]") == "2"
+    set_visibility("visible")  # refreshes at once
+    page.wait_for_selector("[data-count=pending]:text-is('3')", timeout=3_000)

@@ -192,7 +192,10 @@ UNION ALL
 SELECT to_char(date_trunc('minute', updated_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD HH24:MI'),
        status, count(*)
 FROM durable_jobs
-WHERE status = {RETRYING} AND updated_at >= :since
+-- A retry is due no earlier than the failure it follows (run_at >= updated_at):
+-- the run_at bound lets the scan of waiting jobs skip, inside the due index,
+-- the backlog that was due before the window.
+WHERE status = {RETRYING} AND updated_at >= :since AND run_at >= :since
 GROUP BY 1, 2
 
 

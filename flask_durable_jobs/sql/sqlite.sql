@@ -150,7 +150,10 @@ GROUP BY 1, 2
 UNION ALL
 SELECT substr(updated_at, 1, 16), status, count(*)
 FROM durable_jobs
-WHERE status = {RETRYING} AND updated_at >= :since
+-- A retry is due no earlier than the failure it follows (run_at >= updated_at):
+-- the run_at bound lets the scan of waiting jobs skip, inside the due index,
+-- the backlog that was due before the window.
+WHERE status = {RETRYING} AND updated_at >= :since AND run_at >= :since
 GROUP BY 1, 2
 
 

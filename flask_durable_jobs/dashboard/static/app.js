@@ -10,6 +10,7 @@ const REFRESH_MS = 5000;
 const main = document.getElementById("main");
 let current = null; // { refresh } of the page on screen
 let generation = 0; // a newer navigation makes older renders drop their answers
+let refusal = ""; // why the API last refused us, when not for a missing token
 
 function route() {
   const raw = location.hash.replace(/^#/, "") || "/";
@@ -99,6 +100,8 @@ async function whoami(status) {
     session.via = me.via;
     return true;
   } catch (exc) {
+    // 401 only asks for a token; anything else (the authorizer said no) is worth saying.
+    refusal = exc instanceof ApiError && exc.status === 401 ? "" : errorText(exc);
     if (status) {
       status.hidden = false;
       status.textContent = exc instanceof ApiError && exc.status === 401
@@ -128,14 +131,13 @@ async function boot() {
   });
   document.addEventListener("visibilitychange", refresh);
   setInterval(refresh, REFRESH_MS);
-  const status = h("p");
-  if (await whoami(status)) return start();
+  if (await whoami(null)) return start();
   // A stale token, or none: the host app's login may still let us in.
   if (token()) {
     setToken(null);
     if (await whoami(null)) return start();
   }
-  login("");
+  login(refusal);
 }
 
 boot();
