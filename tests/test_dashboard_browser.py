@@ -25,6 +25,9 @@ from flask import Flask, session
 from werkzeug.serving import make_server
 
 from flask_durable_jobs import Discard, DurableJobs
+from flask_durable_jobs.extension import get_state
+from flask_durable_jobs.periodic import tick
+from flask_durable_jobs.testing import move_time, reset_time
 from tests.conftest import IN_CI
 
 CHROMIUM = os.environ.get("DURABLE_JOBS_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -468,6 +471,14 @@ def test_host_app_login_works_and_a_cross_site_form_post_is_refused(
 @TOKENS
 def test_screenshots_of_the_other_pages(app: Flask, jobs: DurableJobs, tab: Tab) -> None:
     ids = seed(jobs)
+    jobs.periodic("0 3 * * *", "export_report", key="nightly-report",
+                  payload={"month": "current"}, timezone="Europe/Paris")
+    jobs.periodic("*/15 * * * *", "send_email", key="digest")
+    state = get_state(app)
+    tick(state)  # the first tick sets each schedule's watermark
+    move_time(minutes=16)
+    tick(state)  # the digest fires once
+    reset_time()
     batch = jobs.enqueue_batch(
         [("send_email", {"to": "a@example.com"}), ("send_email", {"to": "b@example.com"})]
     )
@@ -477,6 +488,10 @@ def test_screenshots_of_the_other_pages(app: Flask, jobs: DurableJobs, tab: Tab)
     tab.shot("batches")
     page.goto(f"{tab.server.url}{PREFIX}/dashboard/#/periodic")
     page.wait_for_selector("h1:has-text('Recurring')")
+    page.wait_for_selector("#schedules [data-schedule=nightly-report]")
+    row = page.inner_text("#schedules [data-schedule=nightly-report]")
+    assert "0 3 * * *" in row and "Europe/Paris" in row
+    page.wait_for_selector("#schedules [data-schedule=digest] .last-job [data-status=pending]")
     tab.shot("periodic")
     page.goto(f"{tab.server.url}{PREFIX}/dashboard/#/processes")
     page.wait_for_selector("h1:has-text('Processes')")

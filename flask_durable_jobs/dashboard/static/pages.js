@@ -50,14 +50,24 @@ export async function periodic(root) {
   if (!list.length) {
     return root.append(h("p", { class: "muted" }, "No recurring schedule is registered."));
   }
+  // Each fire time's job has the idempotency key periodic:<key>:<fire time>:
+  // one lookup through the key's unique index finds the last fire's job.
+  const lastJobs = await Promise.all(list.map((p) => (p.last_fire_at
+    ? get("", { idempotency_key: `periodic:${p.key}:${p.last_fire_at}`, per_page: 1 })
+      .then((d) => d.items[0] || null).catch(() => null)
+    : null)));
+  const lastJob = (i) => {
+    const job = lastJobs[i];
+    return job ? h("a", { href: `#/jobs/${job.id}` }, badge(job.status)) : "—";
+  };
   root.append(h("p", { class: "muted" }, "Schedules registered in the process that answered."),
     table(["key", "type", "schedule", "time zone", "last fired", "next", "last job"],
-      list.map((p) => h("tr", { dataset: { schedule: p.key } },
+      list.map((p, i) => h("tr", { dataset: { schedule: p.key } },
         h("th", { scope: "row" }, p.key),
         h("td", {}, h("a", { href: link("/jobs", { job_type: p.job_type }) }, p.job_type)),
         h("td", {}, h("code", {}, p.cron)), h("td", {}, p.timezone),
         h("td", {}, when(p.last_fire_at)), h("td", {}, when(p.next_fire_at)),
-        h("td", {}, p.last_job_status ? badge(p.last_job_status) : "—"))), { id: "schedules" }));
+        h("td", { class: "last-job" }, lastJob(i)))), { id: "schedules" }));
 }
 
 export async function batches(root, params) {
