@@ -234,6 +234,11 @@ def test_overview_shows_the_stats_and_loads_nothing_from_elsewhere(
     assert page.inner_text("[data-total=dead]") == "3"
     assert page.inner_text("[data-fact=expired-leases]") == "0"
     tab.shot("overview")
+    page.emulate_media(color_scheme="dark")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background != "rgb(247, 247, 248)", background  # the dark palette applies
+    tab.shot("overview-dark")
+    page.emulate_media(color_scheme="light")
 
     for route, ready in [("#/jobs", "#jobs"), ("#/queues", "h1"), ("#/periodic", "h1"),
                          ("#/batches", "h1"), ("#/processes", "h1")]:
