@@ -29,6 +29,7 @@ from flask_durable_jobs.extension import get_state
 from flask_durable_jobs.periodic import tick
 from flask_durable_jobs.testing import move_time, reset_time
 from tests.conftest import IN_CI
+from tests.helpers import wait_for
 
 CHROMIUM = os.environ.get("DURABLE_JOBS_TEST_CHROMIUM", "/usr/bin/chromium")
 PREFIX = "/admin/jobs"
@@ -498,10 +499,13 @@ def test_screenshots_of_the_other_pages(app: Flask, jobs: DurableJobs, tab: Tab)
     assert "0 3 * * *" in row and "Europe/Paris" in row
     page.wait_for_selector("#schedules [data-schedule=digest] .last-job [data-status=pending]")
     tab.shot("periodic")
+    jobs.start()  # this process now works the queue and registers itself
+    wait_for("the process record", lambda: _items(tab.api("/processes")), timeout=20)
     page.goto(f"{tab.server.url}{PREFIX}/dashboard/#/processes")
-    page.wait_for_selector("h1:has-text('Processes')")
-    page.wait_for_load_state("networkidle")
+    page.wait_for_selector("#processes")
+    assert str(os.getpid()) in page.inner_text("#processes")
     tab.shot("processes")
+    jobs.stop()
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{tab.server.url}{PREFIX}/dashboard/#/jobs/{ids['dead'][0]}")
     page.wait_for_selector("#payload")

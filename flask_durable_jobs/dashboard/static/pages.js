@@ -121,6 +121,7 @@ export function processTable(data, brief) {
     ...keys.filter((k) => !PROCESS_COLUMNS.includes(k))];
   const columns = brief ? ordered.slice(0, 6) : ordered;
   const cell = (key, value) => {
+    if (key === "queues" && value === null) return "all"; // null: every queue
     if (value === null || value === undefined) return "—";
     if (key === "last_seen" || key === "started_at") return `${when(value)} (${ago(value)})`;
     if (Array.isArray(value)) return value.join(", ") || "all";
