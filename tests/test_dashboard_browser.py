@@ -75,6 +75,10 @@ class Server:
 
     def __init__(self, app: Flask, host: str = "127.0.0.1") -> None:
         self.server = make_server(host, 0, app, threaded=True)
+        # server_close() then waits for requests still running, so none holds a
+        # database connection when the test's app closes its engines.
+        self.server.daemon_threads = False
+        self.server.block_on_close = True
         self.url = f"http://{host}:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -316,8 +320,9 @@ def test_retry_a_dead_job_from_its_page(app: Flask, jobs: DurableJobs, tab: Tab)
     assert page.is_visible("[data-action=cancel]")
 
     # A pending job's masked payload is shown; the secret is not.
-    page.goto(f"{tab.server.url}{PREFIX}/dashboard/#/jobs/{ids['pending'][0]}")
-    page.wait_for_selector("#payload")
+    pending = ids["pending"][0]
+    page.goto(f"{tab.server.url}{PREFIX}/dashboard/#/jobs/{pending}")
+    page.wait_for_selector(f"h1:has-text('Job {pending} ') [data-status=pending]")
     payload = json.loads(page.inner_text("#payload"))
     assert payload["api_token"] != "hunter2" and payload["month"] == "2026-01"
 
