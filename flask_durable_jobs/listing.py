@@ -183,6 +183,8 @@ def _string_form(label: str, value: t.Any) -> str:
             raise ValueError(f"{label} must be a finite number, got {value!r}")
         return text
     if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{label} must not be empty")
         if "\x00" in value:
             raise ValueError(f"{label} must not contain NUL characters")
         return value

@@ -173,6 +173,7 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
     callback_due = sa.text(CALLBACK_DUE_SQL)
     limited_waiting = sa.text(LIMITED_WAITING_SQL)
     limited_running = sa.text(LIMITED_RUNNING_SQL)
+    owned = sa.text("owner IS NOT NULL")
     return sa.Table(
         TABLE_NAME,
         metadata,
@@ -283,6 +284,17 @@ def _define_table(metadata: sa.MetaData) -> sa.Table:
             postgresql_where=limited_running,
             sqlite_where=limited_running,
         ),
+        # The admin list's owner filter, newest first (keyset on id). Partial:
+        # jobs without an owner never write to it.
+        sa.Index(
+            "ix_durable_jobs_owner",
+            "owner",
+            "id",
+            postgresql_where=owned,
+            sqlite_where=owned,
+        ),
+        # The admin list's created_after / created_before window.
+        sa.Index("ix_durable_jobs_created", "created_at"),
     )
 
 

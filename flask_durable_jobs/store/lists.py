@@ -110,17 +110,20 @@ def bulk_batch(
     ``SKIP LOCKED``; SQLite's write lock serialises writers anyway).
     """
     c = store.table.c
-    query = sa.select(c.id, c.batch_id).where(where(store, filters), c.status.in_(allowed))
+    batch = sa.select(c.id).where(where(store, filters), c.status.in_(allowed))
     if below is not None:
-        query = query.where(c.id < below)
-    query = query.order_by(c.id.desc()).limit(limit).with_for_update(skip_locked=True)
+        batch = batch.where(c.id < below)
+    # One statement: the subquery picks and locks the batch, the outer one
+    # changes exactly those rows and says which they were.
+    picked = c.id.in_(
+        batch.order_by(c.id.desc()).limit(limit).with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    change: sa.Delete | sa.Update = (
+        sa.delete(store.table).where(picked) if action == "delete"
+        else sa.update(store.table).where(picked).values(_changes(store, action, now))
+    )
     with store.transaction() as conn:
-        rows = [(int(job_id), batch_id) for job_id, batch_id in conn.execute(query)]
-        ids = [job_id for job_id, _ in rows]
-        if ids and action == "delete":
-            conn.execute(sa.delete(store.table).where(c.id.in_(ids)))
-        elif ids:
-            conn.execute(
-                sa.update(store.table).where(c.id.in_(ids)).values(_changes(store, action, now))
-            )
-    return rows, (rows[-1][0] if len(rows) == limit else None)
+        rows = [(int(job_id), batch_id)
+                for job_id, batch_id in conn.execute(change.returning(c.id, c.batch_id))]
+    return rows, (min(job_id for job_id, _ in rows) if len(rows) == limit else None)
