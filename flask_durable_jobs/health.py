@@ -15,6 +15,7 @@ import typing as t
 import weakref
 
 from . import faults
+from . import processes as processes_module
 from .models import UTC
 from .scheduler import AFTER_FORK, NEVER
 
@@ -154,6 +155,8 @@ def health_report(state: State, *, max_due_age: int | None = None) -> dict[str, 
         "oldest_expired_lease_age_seconds": None,
         "expired_lease_grace_seconds": settings.health_expired_lease_grace,
         "silent_workers": None,
+        "processes": None,
+        "unseen_processes": None,
         "unwritten_outcomes": state.runner.unwritten_outcomes() if state.runner_started else 0,
         "checked_at": now.isoformat(),
     }
@@ -211,6 +214,7 @@ def _read_database(
         due_count, oldest = state.store.due_backlog(now)
         grace = dt.timedelta(seconds=settings.health_expired_lease_grace)
         leases = state.store.expired_leases(now, now - grace)
+        records = processes_module.processes(state)
     except Exception as exc:
         error = faults.summary(exc)
         probe.problem("read", "reading the backlog and leases failed (%s)", error)
@@ -225,6 +229,17 @@ def _read_database(
         silent_workers=[
             {"worker_id": worker, "lease_expired_seconds": age}
             for worker, age in sorted(leases.silent_workers.items())
+        ],
+    )
+    # The registry: a record not renewed within a lease belongs to a process
+    # that froze or died (it is removed after three).
+    lease = settings.lease_seconds
+    report.update(
+        processes=len(records),
+        unseen_processes=[
+            {"id": record["id"], "last_seen_seconds": max(0.0, seen)}
+            for record in records
+            if (seen := (now - record["last_seen"]).total_seconds()) > lease
         ],
     )
     if max_due_age is not None and oldest is not None and oldest > max_due_age:

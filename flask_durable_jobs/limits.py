@@ -71,22 +71,31 @@ def claim(
     *,
     queues: t.Sequence[str] | None,
     limit: int,
-    now: dt.datetime,
-    lease_until: dt.datetime,
+    clock: t.Callable[[], dt.datetime],
+    lease: dt.timedelta,
     token: str,
     worker_id: str,
     with_secrets: bool,
+    threads: int,
 ) -> list[ClaimedRow]:
     """Claim up to ``limit`` due jobs of the limited types ``specs``, each
-    type within its limits."""
+    type within its limits.
+
+    A rate-limited type is claimed at most ``threads`` jobs at a time (the
+    idle handler threads): the rate window counts claims, so a claimed job
+    should start at once, not wait in this process while the window moves on.
+    """
     rows: list[ClaimedRow] = []
     for spec in specs:
-        if len(rows) >= limit:
+        room = limit - len(rows)
+        if room <= 0:
             break
+        if spec.rate_limit is not None:
+            room = min(room, threads)
         rows.extend(claim_limited(
             store, job_type=spec.name, concurrency=spec.concurrency,
-            rate_limit=spec.rate_limit, queues=queues, limit=limit - len(rows), now=now,
-            lease_until=lease_until, token=token, worker_id=worker_id,
+            rate_limit=spec.rate_limit, queues=queues, limit=room, clock=clock,
+            lease=lease, token=token, worker_id=worker_id,
             with_secrets=with_secrets,
         ))
     return rows

@@ -42,13 +42,18 @@ class Registration:
         self.every = settings.lease_seconds / 3
         self.next_beat = 0.0
         self._lock = threading.Lock()
+        self._closed = False
+
+    def due(self) -> bool:
+        """Whether the record should be renewed now."""
+        return not self._closed and time.monotonic() >= self.next_beat
 
     def beat(self, now: dt.datetime, inflight: int, *, force: bool = False) -> bool:
         """Renew the record if a beat is due; ``True`` when this call wrote it."""
         if not force and time.monotonic() < self.next_beat:
             return False
         with self._lock:
-            if not force and time.monotonic() < self.next_beat:
+            if self._closed or (not force and time.monotonic() < self.next_beat):
                 return False
             self.next_beat = time.monotonic() + self.every
             if self.started_at is None:
@@ -64,7 +69,9 @@ class Registration:
         return True
 
     def forget(self) -> None:
-        """Remove the record (a clean stop), if it was ever made."""
+        """Remove the record (a clean stop), if it was ever made; no beat after."""
+        with self._lock:
+            self._closed = True
         if self.started_at is not None:
             forget_process(self.store, self.id)
             self.started_at = None

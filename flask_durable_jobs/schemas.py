@@ -413,6 +413,13 @@ class SilentWorker(BaseModel):
     )
 
 
+class UnseenProcess(BaseModel):
+    """A registered process whose heartbeat has not renewed its record within a lease."""
+
+    id: str = Field(description="host:pid:suffix, as the jobs it runs hold in worker_id.")
+    last_seen_seconds: float = Field(ge=0, description="Seconds since its last heartbeat.")
+
+
 class Health(BaseModel):
     """The answering process: whether its scheduler is alive, whether the database
     answers, and the due backlog and expired leases of the whole database."""
@@ -465,6 +472,17 @@ class Health(BaseModel):
     silent_workers: list[SilentWorker] | None = Field(
         description="Processes not seen within their lease: every running job they hold"
         " has an expired lease. Null when the database could not be read."
+    )
+    processes: Count | None = Field(
+        default=None,
+        description="Processes in the registry (every process that runs the processor"
+        " renews its record with its heartbeat); null when the database could not be read.",
+    )
+    unseen_processes: list[UnseenProcess] | None = Field(
+        default=None,
+        description="Registry records not renewed within a lease: the process froze or"
+        " died (its record is removed after three leases). Null when the database could"
+        " not be read.",
     )
     unwritten_outcomes: Count = Field(
         description="Finished jobs whose outcome this process keeps because the database"

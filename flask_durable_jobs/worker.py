@@ -278,6 +278,13 @@ class Runner:
             specs = specs[self._limited_turn:] + specs[:self._limited_turn]
         return specs
 
+    def idle_threads(self) -> int:
+        """Handler threads with nothing to run now (none queued for them)."""
+        with self._lock:
+            busy = sum(1 for run in self._open_runs for item in run.inflight.values()
+                       if item.state in (QUEUED, RUNNING))
+        return max(0, self.settings.concurrency - busy)
+
     def frees_slots(self, outcomes: t.Iterable[Finish]) -> bool:
         """Whether any of these written outcomes ended an attempt of a
         limited type (another job of it may be claimable now)."""
@@ -297,9 +304,10 @@ class Runner:
         token = uuid.uuid4().hex
         try:
             rows = [] if not limited else limits.claim(
-                self.store, limited, queues=self.settings.queues, limit=limit, now=now,
-                lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                self.store, limited, queues=self.settings.queues, limit=limit, clock=self.clock,
+                lease=timedelta(seconds=self.settings.lease_seconds),
                 token=token, worker_id=self.worker_id, with_secrets=self.vault is not None,
+                threads=self.idle_threads(),
             )
             if types and len(rows) < limit:
                 rows += self.store.claim(
@@ -491,8 +499,14 @@ class Runner:
             return sum(run.unwritten_count() for run in self._open_runs)
 
     def beat(self) -> None:
-        """Renew this process's registry record when due; a failure is logged,
-        never raised (the next beat tries again)."""
+        """Renew this process's registry record when due, on a thread of its
+        own: the run's thread never waits for it."""
+        if self.registration.due():
+            threading.Thread(target=self._beat, name="durable-jobs-registry",
+                             daemon=True).start()
+
+    def _beat(self) -> None:
+        """A failure is logged, never raised (the next beat tries again)."""
         try:
             with self._lock:
                 inflight = sum(len(run.inflight) for run in self._open_runs)

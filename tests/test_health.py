@@ -27,6 +27,7 @@ KEYS = {
     "last_sweep", "stall_after_seconds", "due_count", "oldest_due_age_seconds", "checked_at",
     "database", "expired_leases", "stale_expired_leases", "oldest_expired_lease_age_seconds",
     "expired_lease_grace_seconds", "silent_workers", "unwritten_outcomes",
+    "processes", "unseen_processes",
 }
 
 

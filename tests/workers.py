@@ -65,11 +65,11 @@ class Workers:
 
 
 @contextlib.contextmanager
-def worker_app(url: str) -> t.Iterator[Flask]:
+def worker_app(url: str, **config: t.Any) -> t.Iterator[Flask]:
     """The app of the worker processes, in this process (scheduler off),
-    its tables and the trace table made."""
+    its tables and the trace table made; ``config`` as for :class:`Workers`."""
     os.environ["LIMITSAPP_DATABASE_URL"] = url
-    app = limits_app.create_app()
+    app = limits_app.create_app(config)
     with app.app_context():
         limits_app.db.create_all()
         try:

@@ -69,11 +69,12 @@ def rated(payload: dict[str, t.Any]) -> dict[str, t.Any]:
     return _record("rated", payload)
 
 
-def create_app() -> Flask:
+def create_app(config: dict[str, t.Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("LIMITSAPP_DATABASE_URL", "")
     app.config["DURABLE_JOBS_SCHEDULER"] = False  # `flask jobs work` runs the processor
     app.config.from_prefixed_env("LIMITSAPP")
+    app.config.update(config or {})
     db.init_app(app)
     jobs.init_app(app, db=db)
     return app
