@@ -400,6 +400,24 @@ def list_schedules() -> Response:
     return jsonify({"items": items})
 
 
+@blueprint.get("/whoami", **_route_options)
+@operation("whoAmI", "The caller's role: everything or reads only, and what granted it",
+           responses={200: (schemas.WhoAmI, "The role.")})
+def whoami() -> Response:
+    role, by_token = _grant()
+    return jsonify({"role": role, "via": "token" if by_token else "authorizer"})
+
+
+@blueprint.get("/throughput", **_route_options)
+@operation("getThroughput", "Jobs succeeded, retried and dead per minute, counted in the"
+           " database", query=schemas.ThroughputQuery, errors=(400,),
+           responses={200: (schemas.Throughput, "The counts per minute.")})
+def get_throughput() -> Response:
+    from .throughput import throughput
+
+    return jsonify(throughput(get_state(), _query(schemas.ThroughputQuery).minutes))
+
+
 @blueprint.get("/batches/<batch_id>", **_route_options)
 @operation("getBatch", "Counts of a batch's jobs by status, and whether all have ended",
            path={"batch_id": (schemas.BatchId, "The id enqueue_batch() returned.")},

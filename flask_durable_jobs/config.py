@@ -32,6 +32,7 @@ DEFAULTS: dict[str, t.Any] = {
     "URL_PREFIX": "/admin/jobs",  # where the admin blueprint lives
     "ADMIN_TOKEN": None,  # bearer token for the admin API
     "ADMIN_READ_TOKEN": None,  # bearer token for the admin API's reads (GET) only
+    "DASHBOARD": True,  # serve the HTML dashboard at {URL_PREFIX}/dashboard/
     "EAGER": False,  # run due jobs at enqueue, in the enqueuing thread (for tests)
     "SECRET_KEY": None,  # Fernet key(s) for job secrets; the first encrypts, all decrypt
     "CALLBACK_SECRET": None,  # HMAC-SHA256 key that signs completion callbacks
@@ -82,6 +83,7 @@ class Settings:
     health_max_unwritten: int = 0
     health_database_timeout: float = 2.0
     health_snapshot_warning: float = 300.0
+    dashboard: bool = True
 
 
 def _number(key: str, value: t.Any, *, minimum: float, strict: bool) -> float:
@@ -199,6 +201,10 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
             " token cannot grant only reads and also everything"
         )
 
+    dashboard = get("DASHBOARD")
+    if not isinstance(dashboard, bool):
+        raise ConfigError(f"{PREFIX}DASHBOARD must be True or False, got {dashboard!r}")
+
     jitter = _number("BACKOFF_JITTER", get("BACKOFF_JITTER"), minimum=0, strict=False)
     if jitter >= 1:
         raise ConfigError(f"{PREFIX}BACKOFF_JITTER must be below 1, got {jitter!r}")
@@ -253,6 +259,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         health_snapshot_warning=_number(
             "HEALTH_SNAPSHOT_WARNING", get("HEALTH_SNAPSHOT_WARNING"), minimum=0, strict=True
         ),
+        dashboard=dashboard,
     )
 
 

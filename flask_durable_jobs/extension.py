@@ -278,9 +278,10 @@ class DurableJobs:
         state = State(self, app, db, settings, table, batches)
         app.extensions[EXTENSION_KEY] = state
 
-        from . import admin, cli
+        from . import admin, cli, dashboard
 
         admin.register(app, self, settings)
+        dashboard.register(app, settings)
         app.cli.add_command(cli.jobs_cli)
         app.teardown_appcontext(standalone.release)
         if settings.metrics:  # optional: prometheus_client is imported only here

@@ -570,6 +570,57 @@ class ProcessCounts(BaseModel):
     dead: Count
 
 
+# -- dashboard reads -------------------------------------------------------------
+
+#: Longest window ``GET {prefix}/throughput`` counts, in minutes (a day).
+MAX_THROUGHPUT_MINUTES = 24 * 60
+
+
+class ThroughputQuery(BaseModel):
+    """Query parameters of ``GET {prefix}/throughput``."""
+
+    minutes: t.Annotated[
+        int,
+        WholeNumber(1, MAX_THROUGHPUT_MINUTES),
+        Field(description="How many minutes back to count, the current one included."),
+    ] = 60
+
+
+class ThroughputBucket(BaseModel):
+    minute: Timestamp = Field(description="The minute's start.")
+    succeeded: Count
+    retried: Count = Field(
+        description="Jobs now waiting for a retry whose last attempt failed in this minute."
+    )
+    dead: Count
+
+
+class ThroughputTotals(BaseModel):
+    succeeded: Count
+    retried: Count
+    dead: Count
+
+
+class Throughput(BaseModel):
+    """Jobs that ended (and attempts that failed into a retry) per minute."""
+
+    since: Timestamp
+    minutes: int = Field(ge=1, le=MAX_THROUGHPUT_MINUTES)
+    buckets: list[ThroughputBucket] = Field(description="One per minute, oldest first.")
+    totals: ThroughputTotals
+
+
+class WhoAmI(BaseModel):
+    """What the caller may do, so a client can offer only what will be allowed."""
+
+    role: t.Annotated[str, _words(("all", "read"))] = Field(
+        description="all (reads and writes) or read (reads only; writes answer 403)."
+    )
+    via: t.Annotated[str, _words(("token", "authorizer"))] = Field(
+        description="token (a bearer token) or authorizer (the app's admin_authorizer)."
+    )
+
+
 # -- queues and processes ------------------------------------------------------------
 
 QueueName = t.Annotated[str, Field(min_length=1, max_length=100)]

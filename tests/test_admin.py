@@ -855,7 +855,7 @@ def test_documented_query_parameters_are_the_validated_ones(api: t.Any) -> None:
                 checked.append(name)
     assert sorted(checked) == sorted(
         ["status", "job_type", "queue", "page", "per_page", "max_due_age", "limit",
-         "owner", "idempotency_key", "batch_id", "payload.<field>", *FORMATTED]
+         "owner", "idempotency_key", "batch_id", "payload.<field>", *FORMATTED, "minutes"]
     )
 
 

@@ -114,6 +114,13 @@ def test_wheel_ships_the_migrations(wheel: Path) -> None:
     assert {"flask_durable_jobs/sql/postgresql.sql", "flask_durable_jobs/sql/sqlite.sql"} <= set(
         names
     ), names
+    dashboard = {
+        f"flask_durable_jobs/dashboard/{name}"
+        for name in ("__init__.py", "index.html", "closed.html", "static/app.js",
+                     "static/api.js", "static/dom.js", "static/overview.js", "static/jobs.js",
+                     "static/job.js", "static/pages.js", "static/style.css")
+    }
+    assert dashboard <= set(names), sorted(dashboard - set(names))
     assert not any(n.startswith(("tests/", "example_app/", "docs/")) for n in names), names
 
 

@@ -300,6 +300,28 @@ FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()
 DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE
 
 
+-- name: throughput
+-- Jobs that ended (succeeded, dead) per minute since :since, from the partial
+-- finished_at index, and jobs now waiting for a retry by the minute their
+-- attempt failed (updated_at). Counted here; no row leaves the database.
+SELECT to_char(date_trunc('minute', finished_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD HH24:MI')
+           AS minute,
+       status, count(*)
+FROM durable_jobs
+WHERE finished_at IS NOT NULL AND finished_at >= :since
+  AND status IN ({SUCCEEDED}, {DEAD})
+GROUP BY 1, 2
+UNION ALL
+SELECT to_char(date_trunc('minute', updated_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD HH24:MI'),
+       status, count(*)
+FROM durable_jobs
+-- A retry is due no earlier than the failure it follows (run_at >= updated_at):
+-- the run_at bound lets the scan of waiting jobs skip, inside the due index,
+-- the backlog that was due before the window.
+WHERE status = {RETRYING} AND updated_at >= :since AND run_at >= :since
+GROUP BY 1, 2
+
+
 -- name: set_queue_state
 -- A queue's stored state (paused or not); every claim reads it.
 INSERT INTO durable_jobs_queues (name, paused, updated_at)

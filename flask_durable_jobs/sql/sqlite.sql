@@ -170,6 +170,26 @@ VALUES (:key, :cron, :timezone, :last_fire_at, :updated_at)
 ON CONFLICT (key) DO NOTHING
 
 
+-- name: throughput
+-- Jobs that ended (succeeded, dead) per minute since :since, from the partial
+-- finished_at index, and jobs now waiting for a retry by the minute their
+-- attempt failed (updated_at). The stored text's first 16 characters are its
+-- minute ("2030-01-02 03:04").
+SELECT substr(finished_at, 1, 16) AS minute, status, count(*)
+FROM durable_jobs
+WHERE finished_at IS NOT NULL AND finished_at >= :since
+  AND status IN ({SUCCEEDED}, {DEAD})
+GROUP BY 1, 2
+UNION ALL
+SELECT substr(updated_at, 1, 16), status, count(*)
+FROM durable_jobs
+-- A retry is due no earlier than the failure it follows (run_at >= updated_at):
+-- the run_at bound lets the scan of waiting jobs skip, inside the due index,
+-- the backlog that was due before the window.
+WHERE status = {RETRYING} AND updated_at >= :since AND run_at >= :since
+GROUP BY 1, 2
+
+
 -- name: set_queue_state
 -- A queue's stored state (paused or not); every claim reads it.
 INSERT INTO durable_jobs_queues (name, paused, updated_at)
