@@ -519,24 +519,12 @@ def test_screenshots_of_the_other_pages(app: Flask, jobs: DurableJobs, tab: Tab)
     tab.shot("job-phone")
 
 
-def _has_job_control() -> bool:
-    import flask_durable_jobs
-
-    return hasattr(flask_durable_jobs, "current_job")
-
-
 @POSTGRESQL
 @TOKENS
-@pytest.mark.xfail(
-    not _has_job_control(), reason="needs current_job() progress and cancel requests",
-    strict=False,
-)
 def test_a_running_job_shows_its_progress_and_takes_a_cancel_request(
     app: Flask, jobs: DurableJobs, tab: Tab
 ) -> None:
-    import flask_durable_jobs
-
-    current_job = flask_durable_jobs.current_job  # type: ignore[attr-defined]
+    from flask_durable_jobs import current_job
     release = threading.Event()
 
     @jobs.handler("export_posts", timeout=60)
