@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import time
 import typing as t
 
@@ -79,7 +80,9 @@ def test_claim_reads_the_due_index_in_order_on_a_table_never_analysed(
 
     plan = claim_plan(None)
     assert "Index Scan using ix_durable_jobs_due" in plan, plan
-    assert "Bitmap" not in plan and "Sort" not in plan and "Seq Scan" not in plan, plan
+    assert "Bitmap" not in plan and "Sort" not in plan, plan
+    # (the paused queues' small table may be read whole, once per statement)
+    assert not re.search(r"Seq Scan on durable_jobs\b(?!_)", plan), plan
     # the same statement without its two planner settings takes the cliff on
     # this table: what the settings are there for
     plan = claim_plan(None, settings=False)
@@ -94,15 +97,17 @@ def test_claim_reads_the_due_index_in_order_on_a_table_never_analysed(
     finish = store.statement("finish", store.engine.dialect)
     ids = list(range(1, 1001))
     plan = explain(database_url, finish.sql.replace(
-        "UPDATE durable_jobs AS j", "EXPLAIN UPDATE durable_jobs AS j"), finish.params(
+        "WITH done AS (", "EXPLAIN WITH done AS ("), finish.params(
         store.to_driver({
             "now": state(app).now(), "ids": "{" + ",".join(map(str, ids)) + "}",
             "tokens": "{" + ",".join(["x" * 32] * 1000) + "}",
             "statuses": "{" + ",".join(["succeeded"] * 1000) + "}",
             "results": "{" + ",".join(["NULL"] * 1000) + "}",
             "errors": "{" + ",".join(["NULL"] * 1000) + "}",
-            "run_ats": "{" + ",".join(["NULL"] * 1000) + "}"})))
-    assert "durable_jobs_pkey" in plan and "Seq Scan on durable_jobs" not in plan, plan
+            "run_ats": "{" + ",".join(["NULL"] * 1000) + "}",
+            "progress": "{" + ",".join(["NULL"] * 1000) + "}"})))
+    assert "durable_jobs_pkey" in plan, plan
+    assert not re.search(r"Seq Scan on durable_jobs\b(?!_)", plan), plan
 
 
 def test_sqlite_claim_reads_the_due_index_in_order_without_statistics(
