@@ -10,6 +10,7 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs
 from flask_durable_jobs.store.queues import RATE_WINDOW_MARGIN
@@ -238,3 +239,41 @@ def test_rate_limit_across_three_processes(
             late = sum(1 for i in window if claimed[i] - claim_times[i] > margin)
             assert len(window) <= 21 + late, " ".join(
                 f"{claimed[i] - start:.3f}+{claimed[i] - claim_times[i]:.3f}" for i in window)
+
+
+def test_jobs_enqueued_before_the_handler_had_a_limit_still_run(
+    app: Flask, jobs: DurableJobs, database_url: str
+) -> None:
+    """A deploy adds ``concurrency=`` to a handler whose jobs wait in the
+    table without a key: the new code runs them, within the type's limit."""
+
+    @jobs.handler("report")
+    def plain(payload: dict[str, t.Any]) -> None:
+        pass
+
+    ids = jobs.enqueue_many("report", [{"n": i} for i in range(4)])
+    jobs.enqueue("report", {"n": 4})
+
+    later = Flask("after_the_deploy")
+    later.config.update(SQLALCHEMY_DATABASE_URI=database_url, DURABLE_JOBS_SCHEDULER=False,
+                        TESTING=True)
+    later_db = SQLAlchemy(later)
+    later_jobs = DurableJobs(later, db=later_db)
+    running: list[int] = []
+    most: list[int] = [0]
+
+    @later_jobs.handler("report", concurrency=1)
+    def limited(payload: dict[str, t.Any]) -> None:
+        running.append(payload["n"])
+        most[0] = max(most[0], len(running))
+        time.sleep(0.01)
+        running.remove(payload["n"])
+
+    try:
+        with later.app_context():
+            assert later_jobs.drain()["succeeded"] == 5
+            assert most[0] == 1
+            assert all(later_jobs.get(i).status == "succeeded" for i in ids)  # type: ignore[union-attr]
+    finally:
+        with later.app_context():
+            later_db.engine.dispose()

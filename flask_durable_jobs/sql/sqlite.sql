@@ -197,6 +197,15 @@ VALUES (:name, :paused, :now)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
 
 
+-- name: adopt_unkeyed
+-- Waiting jobs of a type that gained a limit, enqueued while it had none
+-- (or by a process whose code has none yet): they carry no concurrency key,
+-- so the limited claim would never see them. They take the type's one key
+-- ''. Run under the type's limits row lock, once a minute per process.
+UPDATE durable_jobs SET concurrency_key = ''
+WHERE {WAITING_SQL} AND job_type = :job_type AND concurrency_key IS NULL
+
+
 -- name: lock_limits
 -- The limited claim's first statement: the job type's limits row, made if
 -- need be; returns the rate window's start times. (The BEGIN IMMEDIATE

@@ -89,6 +89,8 @@ class Store(abc.ABC, JobControl):
             name: text.format_map(SQL_NAMES) for name, text in sql.load(self.dialect).items()
         }
         self._statements: dict[tuple[str, str], Statement] = {}
+        #: When each limited type last adopted its unkeyed waiting jobs (monotonic).
+        self.adopted_at: dict[str, float] = {}
 
     @classmethod
     @abc.abstractmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -23,6 +24,10 @@ from .records import ClaimedRow
 
 if t.TYPE_CHECKING:
     from .base import Store
+
+#: Seconds between two adoptions of a limited type's unkeyed waiting jobs
+#: (``adopt_unkeyed``) by one process.
+ADOPT_EVERY = 60.0
 
 #: The concurrency a claim passes for a type with a rate limit only.
 NO_CONCURRENCY_LIMIT = 2**31 - 1
@@ -99,6 +104,9 @@ def claim_limited(
             conn, "lock_limits", {"job_type": job_type, "now": clock()}
         ).scalar()
         now = clock()
+        if time.monotonic() - store.adopted_at.get(job_type, -ADOPT_EVERY) >= ADOPT_EVERY:
+            store.send(conn, "adopt_unkeyed", {"job_type": job_type})
+            store.adopted_at[job_type] = time.monotonic()
         starts: list[float] = json.loads(starts_text) if starts_text else []
         stamp = now.timestamp()
         if rate_limit is not None:
