@@ -330,7 +330,7 @@ def bulk(state: State, action: str, filters: t.Mapping[str, t.Any]) -> int:
     store = state.store
     changed = 0
     batches: set[str] = set()
-    chunks: t.Iterable[Filters | None]
+    chunks: list[Filters | None]
     if checked.ids is not None:
         ordered = sorted(set(checked.ids), reverse=True)
         chunks = [
@@ -339,18 +339,25 @@ def bulk(state: State, action: str, filters: t.Mapping[str, t.Any]) -> int:
         ]
     else:
         chunks = [None]
-    for chunk in chunks:
-        below: int | None = None
-        while True:
-            done, lowest = store_lists.bulk_batch(
-                store, chunk or checked, action, BULK_ALLOWED[action],
-                now=state.now(), below=below, limit=BULK_BATCH,
-            )
-            changed += len(done)
-            batches.update(batch for _, batch in done if batch is not None)
-            if lowest is None or chunk is not None:
-                break
-            below = lowest
+    # cancel: waiting jobs end cancelled; running ones get a cancel request
+    # (they end cancelled unless their handler returns normally)
+    passes = [(action, BULK_ALLOWED[action])]
+    if action == "cancel":
+        passes.append(("request_cancel", (RUNNING,)))
+    for step, allowed in passes:
+        for chunk in chunks:
+            below: int | None = None
+            while True:
+                done, lowest = store_lists.bulk_batch(
+                    store, chunk or checked, step, allowed,
+                    now=state.now(), below=below, limit=BULK_BATCH,
+                )
+                changed += len(done)
+                if step == "cancel":
+                    batches.update(batch for _, batch in done if batch is not None)
+                if lowest is None or chunk is not None:
+                    break
+                below = lowest
     if action == "cancel" and batches:
         state.finish_batches(batches)
     if action == "retry" and changed and state.runner_started:

@@ -12,6 +12,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs, listing
+from flask_durable_jobs.extension import get_state as state
 from flask_durable_jobs.models import TABLE_NAME
 
 pytestmark = pytest.mark.config(
@@ -64,11 +65,21 @@ def test_retry_many_moves_only_dead_and_cancelled(
     assert jobs.drain()["succeeded"] == 4
 
 
-def test_cancel_many_skips_running_and_finished(jobs: DurableJobs, seeded: dict[str, int]) -> None:
+def test_cancel_many_asks_running_jobs_to_stop_and_skips_finished(
+    jobs: DurableJobs, seeded: dict[str, int]
+) -> None:
     assert jobs.cancel_many(status="pending") == 1
-    assert jobs.cancel_many(ids=list(seeded.values())) == 1  # the retrying one
+    # the retrying one ends cancelled; the running one gets a cancel request
+    # (as jobs.cancel(id) gives it) and keeps running until its handler ends
+    assert jobs.cancel_many(ids=list(seeded.values())) == 2
     assert statuses(jobs, seeded.values()) == [
         "cancelled", "running", "cancelled", "succeeded", "dead", "cancelled"]
+    running = jobs.get(seeded["running"])
+    assert running is not None and running.cancel_requested_at is not None
+    assert jobs.get(seeded["succeeded"]).cancel_requested_at is None  # type: ignore[union-attr]
+    # a request is made once: asking again changes nothing
+    assert jobs.cancel_many(ids=list(seeded.values())) == 0
+    assert jobs.get(seeded["running"]).cancel_requested_at == running.cancel_requested_at  # type: ignore[union-attr]
 
 
 def test_delete_many_keeps_running_jobs(jobs: DurableJobs, seeded: dict[str, int]) -> None:
@@ -107,7 +118,8 @@ def test_works_in_batches(
     assert calls == [3, 3, 1]
     calls.clear()
     assert jobs.cancel_many(ids=ids) == 7
-    assert calls == [3, 3, 1]
+    # the waiting jobs, then the pass that asks running ones to stop (none here)
+    assert calls == [3, 3, 1, 0, 0, 0]
     assert set(statuses(jobs, ids)) == {"cancelled"}
 
 
@@ -209,3 +221,19 @@ def test_bulk_needs_the_write_role_and_refuses_cross_site(
     assert client.post(f"{PREFIX}/bulk/purge", json=body, headers=AUTH).status_code == 404
     assert client.get(f"{PREFIX}/bulk/retry", headers=AUTH).status_code == 405
     assert statuses(jobs, seeded.values()) == list(STATUSES_ORDER)
+
+
+def test_wait_wakes_when_cancel_many_cancels_the_job(
+    app: Flask, jobs: DurableJobs, seeded: dict[str, int]
+) -> None:
+    """A bulk cancel announces the jobs it ends, as the queue's own statements
+    do: a jobs.wait() watcher on one of them is woken by it (not left to its
+    periodic look), and wait() then returns the cancelled job."""
+    waiting = seeded["pending"]
+    watcher = state(app).store.watch_ended(waiting)
+    try:
+        assert jobs.cancel_many(ids=[waiting]) == 1
+        assert watcher.wait(10) is True
+    finally:
+        watcher.close()
+    assert jobs.wait(waiting, timeout=10).status == "cancelled"

@@ -84,11 +84,18 @@ def _changes(store: Store, action: str, now: dt.datetime) -> dict[str, t.Any]:
                 "started_at": None, "result": None, "updated_at": now,
                 "callback_status": None, "callback_attempts": 0, "callback_error": None,
                 "callback_next_at": None}
+    if action == "request_cancel":  # a running job: asked to stop (jobs.cancel)
+        return {"cancel_requested_at": now, "updated_at": now}
     has_callback = c.callback_url.is_not(None)
     return {"status": CANCELLED, "finished_at": now, "updated_at": now, "secrets": None,
             "callback_status": sa.case((has_callback, CallbackStatus.PENDING),
                                        else_=c.callback_status),
             "callback_next_at": sa.case((has_callback, now), else_=c.callback_next_at)}
+
+
+#: Most ids one cancel batch names in its wake-up (NOTIFY takes under 8,000
+#: bytes); a longer batch wakes every waiter to look again.
+ANNOUNCE_MAX = 500
 
 
 def bulk_batch(
@@ -101,7 +108,7 @@ def bulk_batch(
     below: int | None,
     limit: int,
 ) -> tuple[list[tuple[int, str | None]], int | None]:
-    """Apply ``action`` ("retry", "cancel" or "delete") to the next batch of
+    """Apply ``action`` ("retry", "cancel", "request_cancel" or "delete") to the next batch of
     matching jobs in ``allowed`` statuses, in one transaction.
 
     Returns the ``(id, batch_id)`` of the jobs changed, and the lowest id
@@ -111,6 +118,8 @@ def bulk_batch(
     """
     c = store.table.c
     batch = sa.select(c.id).where(where(store, filters), c.status.in_(allowed))
+    if action == "request_cancel":  # the first request is kept
+        batch = batch.where(c.cancel_requested_at.is_(None))
     if below is not None:
         batch = batch.where(c.id < below)
     # One statement: the subquery picks and locks the batch, the outer one
@@ -126,4 +135,7 @@ def bulk_batch(
     with store.transaction() as conn:
         rows = [(int(job_id), batch_id)
                 for job_id, batch_id in conn.execute(change.returning(c.id, c.batch_id))]
+        if action == "cancel":  # wake jobs.wait() on them; a long list goes as "look again"
+            ids = [job_id for job_id, _ in rows]
+            store.announce_ended(conn, ids if len(ids) <= ANNOUNCE_MAX else [])
     return rows, (min(job_id for job_id, _ in rows) if len(rows) == limit else None)
