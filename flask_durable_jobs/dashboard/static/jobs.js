@@ -11,7 +11,7 @@ const TEXT_FILTERS = [
 // Which statuses each bulk action changes (the API skips the others).
 export const ACTIONS = {
   retry: { verb: "Retry", from: ["dead", "cancelled"] },
-  cancel: { verb: "Cancel", from: ["pending", "retrying"] },
+  cancel: { verb: "Cancel", from: ["pending", "retrying", "running"] },  // running: asked to stop
   delete: { verb: "Delete", from: ["pending", "retrying", "succeeded", "dead", "cancelled"] },
 };
 
