@@ -46,7 +46,7 @@ import json
 import logging
 import typing as t
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, Rule
 
@@ -223,7 +223,7 @@ def _check_access() -> None:
     write = request.method not in READ_METHODS
     if write:
         _refuse_cross_site()
-    role, by_token = _grant()
+    role, by_token = g.durable_jobs_grant = _grant()  # whoami answers it
     if write and role == "read":
         raise ApiError(
             403,
@@ -404,7 +404,7 @@ def list_schedules() -> Response:
 @operation("whoAmI", "The caller's role: everything or reads only, and what granted it",
            responses={200: (schemas.WhoAmI, "The role.")})
 def whoami() -> Response:
-    role, by_token = _grant()
+    role, by_token = g.durable_jobs_grant  # what _check_access granted this request
     return jsonify({"role": role, "via": "token" if by_token else "authorizer"})
 
 

@@ -116,10 +116,18 @@ def test_whoami_through_the_authorizer(
         session["admin"] = True
         return "ok"
 
-    jobs.admin_authorizer(lambda: verdict if session.get("admin") else False)
+    asked: list[int] = []
+
+    def authorizer() -> t.Any:
+        asked.append(1)
+        return verdict if session.get("admin") else False
+
+    jobs.admin_authorizer(authorizer)
     assert client.get(PREFIX + "/whoami").status_code == 403
     client.post("/login")
+    asked.clear()
     assert client.get(PREFIX + "/whoami").get_json() == {"role": role, "via": "authorizer"}
+    assert len(asked) == 1  # the access check's answer, not asked again
 
 
 def _finish(app: Flask, job_id: int, status: str, at: dt.datetime) -> None:
