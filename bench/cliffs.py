@@ -148,14 +148,14 @@ def pgbench_ceiling(n: int) -> dict:  # type: ignore[type-arg]
 
 async def _pgq_series(dbname: str, n: int, batch: int,
                       cap: float) -> list[tuple[float, int]]:
-    from peers import _pgq_connect
+    from peers import pgq_connect
     from pgqueuer import QueueManager
     from pgqueuer.domain.types import QueueExecutionMode
     from pgqueuer.queries import Queries
 
     done = 0
     series: list[tuple[float, int]] = [(0.0, 0)]
-    conn = await _pgq_connect(dbname)
+    conn = await pgq_connect(dbname)
     async with conn:
         qm = QueueManager(Queries.from_psycopg_connection(conn))
 

@@ -32,7 +32,7 @@ CHUNK = 1000
 # --------------------------------------------------------------------------- pgqueuer
 
 
-async def _pgq_connect(dbname: str):  # type: ignore[no-untyped-def]
+async def pgq_connect(dbname: str):  # type: ignore[no-untyped-def]
     import psycopg
 
     return await psycopg.AsyncConnection.connect(pg_conninfo(dbname), autocommit=True)
@@ -41,7 +41,7 @@ async def _pgq_connect(dbname: str):  # type: ignore[no-untyped-def]
 async def _pgq_install(dbname: str) -> None:
     from pgqueuer import Queries
 
-    conn = await _pgq_connect(dbname)
+    conn = await pgq_connect(dbname)
     async with conn:
         await Queries.from_psycopg_connection(conn).install()
 
@@ -49,7 +49,7 @@ async def _pgq_install(dbname: str) -> None:
 async def _pgq_bulk(dbname: str, n: int) -> float:
     from pgqueuer import Queries
 
-    conn = await _pgq_connect(dbname)
+    conn = await pgq_connect(dbname)
     async with conn:
         q = Queries.from_psycopg_connection(conn)
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ async def _pgq_drain(dbname: str, n: int, batch: int) -> tuple[float, int]:
     from pgqueuer.domain.types import QueueExecutionMode
 
     done = 0
-    conn = await _pgq_connect(dbname)
+    conn = await pgq_connect(dbname)
     async with conn:
         qm = QueueManager(Queries.from_psycopg_connection(conn))
 
@@ -312,8 +312,8 @@ def pgqueuer_latency(n: int, gap: float = 0.02, **_: object) -> dict:  # type: i
     lat: list[float] = []
 
     async def main(db: str) -> None:
-        wconn = await _pgq_connect(db)
-        econn = await _pgq_connect(db)
+        wconn = await pgq_connect(db)
+        econn = await pgq_connect(db)
         async with wconn, econn:
             qm = QueueManager(Queries.from_psycopg_connection(wconn))
             enq = Queries.from_psycopg_connection(econn)
