@@ -476,17 +476,15 @@ def test_wait_wakes_when_another_thread_ends_the_job(app: Flask, jobs: DurableJo
         # woken by the statement that ended it: no polling loop
         assert reads.count(job.id) <= 3, reads
 
-    def cancel_soon() -> None:
-        time.sleep(0.5)
-        with app.app_context():
-            jobs.cancel(cancelled.id)
-
-    thread = threading.Thread(target=cancel_soon)
-    thread.start()
+    # a cancel announces the job it ends, as the queue's own statements do:
+    # a wait() watcher on it is woken (not left to its next periodic look)
+    watcher = store.watch_ended(cancelled.id)
     try:
-        assert jobs.wait(cancelled.id, timeout=30).status == "cancelled"
+        jobs.cancel(cancelled.id)
+        assert watcher.wait(10) is True
     finally:
-        thread.join()
+        watcher.close()
+    assert jobs.wait(cancelled.id, timeout=10).status == "cancelled"
 
 
 def test_get_by_key(app: Flask, jobs: DurableJobs) -> None:
