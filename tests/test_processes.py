@@ -311,7 +311,11 @@ def test_kill_9_loses_nothing_and_reruns_only_what_was_in_flight(world: World) -
         if rows[ids[tag]].status == "succeeded" and rows[ids[tag]].result["pid"] == a.pid
     }
     a_claimed = {tag for tag in tags if rows[ids[tag]].status == "running"}
-    assert len(a_claimed) <= batch, a_claimed
+    # What A held: its claimed jobs (at most a batch), and the outcomes its
+    # writer was writing, which left their room to the next claim (loop.py's
+    # claim_step) and so can add up to a batch more.
+    held_at_most = 2 * batch
+    assert len(a_claimed) <= held_at_most, a_claimed
 
     b = world.worker("worker-b", **config)
     world.wait_all("succeeded", total, 90)
@@ -324,7 +328,7 @@ def test_kill_9_loses_nothing_and_reruns_only_what_was_in_flight(world: World) -
     twice = {tag for tag, n in starts.items() if n == 2}
     # Only jobs that A had claimed but not yet written ran again, never more
     # than A could hold at once; every job A had written ran exactly once.
-    assert len(twice) <= batch, twice
+    assert len(twice) <= held_at_most, twice
     assert twice <= a_claimed, twice - a_claimed
     assert not twice & written_by_a
     for tag in twice:
