@@ -137,6 +137,12 @@ SQL_NAMES: dict[str, str] = {
     ),
 }
 
+#: What PostgreSQL's ``after_create`` statements (:mod:`flask_durable_jobs.sql`)
+#: make beside the job table, like its triggers: the kept counts of ended jobs
+#: and the payload's GIN index. They are not in the models (SQLite has
+#: neither), so schema comparisons leave them out by these names.
+MADE_BY_SQL_FILE = frozenset({"durable_jobs_counts", "ix_durable_jobs_payload"})
+
 UTC = dt.timezone.utc
 
 
@@ -187,7 +193,8 @@ def define_table(metadata: sa.MetaData) -> sa.Table:
         for name, statement in sql.load(dialect).items():
             event, _, _ = name.partition(".")
             if event in ("after_create", "before_drop"):
-                ddl = sa.DDL(statement).execute_if(dialect=dialect)  # type: ignore[no-untyped-call]
+                ddl = sa.DDL(statement.format_map(SQL_NAMES)).execute_if(  # type: ignore[no-untyped-call]
+                    dialect=dialect)
                 sa.event.listen(table, event, ddl)
     return table
 

@@ -53,7 +53,7 @@ def describe(state: State, name: str) -> dict[str, t.Any]:
 def queues(state: State) -> list[dict[str, t.Any]]:
     """Every queue that has jobs or a stored state, by name:
     ``{"name", "paused", "counts": {status: n}}``."""
-    counts = queue_counts(state.store)
+    counts = queue_counts(state.store, state.now())
     states = queue_states(state.store)
     return [
         {"name": name, "paused": states.get(name, False),

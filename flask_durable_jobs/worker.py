@@ -506,6 +506,7 @@ class Runner:
                                  job_type=job_type, status=status)
         self.batches_ended(batch for _i, _t, status, batch in recovered
                            if status in (DEAD, CANCELLED))
+        self.store.fold_counts()
         return recovered
 
     def begin_shutdown(self, timeout: float) -> None:

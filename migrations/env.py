@@ -21,7 +21,12 @@ from alembic import context
 
 from flask_durable_jobs import periodic
 from flask_durable_jobs.migrations import VERSION_TABLE, define_version_table
-from flask_durable_jobs.models import define_batch_table, define_control_tables, define_table
+from flask_durable_jobs.models import (
+    MADE_BY_SQL_FILE,
+    define_batch_table,
+    define_control_tables,
+    define_table,
+)
 
 metadata = sa.MetaData()
 define_table(metadata)
@@ -41,6 +46,8 @@ with engine.connect() as connection:
         target_metadata=metadata,
         version_table=VERSION_TABLE,
         compare_type=True,
+        # made by the SQL file's after_create statements, not by the models
+        include_name=lambda name, _type, _parents: name not in MADE_BY_SQL_FILE,
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

@@ -16,6 +16,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs
 from flask_durable_jobs.migrations import HEAD, SCRIPT_LOCATION, VERSION_TABLE, current
+from flask_durable_jobs.models import MADE_BY_SQL_FILE
 
 
 def _app(url: str) -> tuple[Flask, SQLAlchemy, DurableJobs]:
@@ -28,9 +29,10 @@ def _app(url: str) -> tuple[Flask, SQLAlchemy, DurableJobs]:
 
 def _differences(engine: sa.Engine, metadata: sa.MetaData) -> list[t.Any]:
     with engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": True}
-        )
+        context = MigrationContext.configure(conn, opts={
+            "compare_type": True, "compare_server_default": True,
+            "include_name": lambda name, _type, _parents: name not in MADE_BY_SQL_FILE,
+        })
         return list(compare_metadata(context, metadata))
 
 

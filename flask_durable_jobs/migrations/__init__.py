@@ -19,7 +19,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "durable_jobs_alembic_version"
 SCRIPT_LOCATION = str(pathlib.Path(__file__).resolve().parent)
 #: The newest shipped revision: what ``flask jobs upgrade`` brings a database to.
-HEAD = "0005"
+HEAD = "0006"
 
 
 def define_version_table(metadata: sa.MetaData) -> sa.Table:
@@ -35,7 +35,8 @@ def define_version_table(metadata: sa.MetaData) -> sa.Table:
 
 JOB_TABLES = frozenset(
     {"durable_jobs", "durable_jobs_batches", "durable_jobs_periodic", VERSION_TABLE,
-     "durable_jobs_queues", "durable_jobs_limits", "durable_jobs_processes"}
+     "durable_jobs_queues", "durable_jobs_limits", "durable_jobs_processes",
+     "durable_jobs_counts"}
 )
 
 

@@ -300,6 +300,147 @@ FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify()
 DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE
 
 
+-- name: after_create.count_table
+-- Changes to the counts of ended jobs, per queue, type and status (see
+-- durable_jobs_count below). Made with the job table, like its triggers,
+-- and left out of the models: SQLite counts its table directly.
+CREATE TABLE IF NOT EXISTS durable_jobs_counts (
+    queue VARCHAR(100) NOT NULL,
+    job_type VARCHAR(200) NOT NULL,
+    status VARCHAR(16) NOT NULL,
+    n BIGINT NOT NULL
+)
+
+
+-- name: after_create.payload_index
+-- The admin list's payload-field filter (payload_matches): the jobs whose
+-- payload contains {field: value}, found in this index instead of read row
+-- by row. jsonb_path_ops: smaller than the default and all @> needs.
+-- Partial: a claim makes a job running, and leaves no entry here (running
+-- jobs are few, and the filter reads them through the lease index).
+CREATE INDEX IF NOT EXISTS ix_durable_jobs_payload ON durable_jobs
+USING gin (payload jsonb_path_ops) WHERE status <> {RUNNING}
+
+
+-- name: after_create.count_function
+-- The counts of ended jobs (succeeded, dead, cancelled) are kept as they
+-- change instead of counted from the table, which holds mostly ended jobs:
+-- every statement that updates or deletes rows adds its net change per
+-- queue, type and status to durable_jobs_counts as new rows (inserts only,
+-- so two writers never wait for each other there); the sweep folds them
+-- into one row per group (fold_counts). Inserts are counted row by row
+-- (count_insert), and only an ended job, which the library never inserts:
+-- an enqueue pays nothing. Waiting and running jobs are counted from their
+-- own partial indexes (counts).
+CREATE OR REPLACE FUNCTION durable_jobs_count() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO durable_jobs_counts (queue, job_type, status, n)
+        SELECT queue, job_type, status, -count(*) FROM old_rows
+        WHERE {ENDED_SQL} GROUP BY 1, 2, 3;
+    ELSE
+        INSERT INTO durable_jobs_counts (queue, job_type, status, n)
+        SELECT queue, job_type, status, sum(change) FROM (
+            SELECT queue, job_type, status, 1 AS change FROM new_rows WHERE {ENDED_SQL}
+            UNION ALL
+            SELECT queue, job_type, status, -1 FROM old_rows WHERE {ENDED_SQL}
+        ) AS changes
+        GROUP BY 1, 2, 3 HAVING sum(change) <> 0;
+    END IF;
+    RETURN NULL;
+END $$
+
+
+-- name: after_create.count_update
+CREATE TRIGGER durable_jobs_count_update AFTER UPDATE ON durable_jobs
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_count()
+
+
+-- name: after_create.count_delete
+CREATE TRIGGER durable_jobs_count_delete AFTER DELETE ON durable_jobs
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_count()
+
+
+-- name: after_create.count_insert_function
+CREATE OR REPLACE FUNCTION durable_jobs_count_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO durable_jobs_counts (queue, job_type, status, n)
+    VALUES (NEW.queue, NEW.job_type, NEW.status, 1);
+    RETURN NULL;
+END $$
+
+
+-- name: after_create.count_insert
+-- Its condition is tested for each new row before anything is queued.
+CREATE TRIGGER durable_jobs_count_insert AFTER INSERT ON durable_jobs
+FOR EACH ROW WHEN (NEW.status IN ({SUCCEEDED}, {DEAD}, {CANCELLED}))
+EXECUTE FUNCTION durable_jobs_count_insert()
+
+
+-- name: after_create.count_clear_function
+CREATE OR REPLACE FUNCTION durable_jobs_count_clear() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN DELETE FROM durable_jobs_counts; RETURN NULL; END $$
+
+
+-- name: after_create.count_truncate
+CREATE TRIGGER durable_jobs_count_truncate AFTER TRUNCATE ON durable_jobs
+FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_count_clear()
+
+
+-- name: before_drop.count_function
+DROP FUNCTION IF EXISTS durable_jobs_count() CASCADE
+
+
+-- name: before_drop.count_clear_function
+DROP FUNCTION IF EXISTS durable_jobs_count_clear() CASCADE
+
+
+-- name: before_drop.count_insert_function
+DROP FUNCTION IF EXISTS durable_jobs_count_insert() CASCADE
+
+
+-- name: before_drop.count_table
+DROP TABLE IF EXISTS durable_jobs_counts
+
+
+-- name: counts
+-- Jobs per queue, type and status, with the waiting ones already due and
+-- the oldest due time, in one statement (one snapshot): the ended ones from
+-- the rows the count triggers keep, the waiting and running ones from their
+-- partial indexes.
+SELECT queue, job_type, status, CAST(sum(n) AS BIGINT), CAST(sum(due) AS BIGINT),
+       min(oldest_due)
+FROM (
+    SELECT queue, job_type, status, n, 0 AS due, CAST(NULL AS TIMESTAMPTZ) AS oldest_due
+    FROM durable_jobs_counts
+    UNION ALL
+    SELECT queue, job_type, status, count(*), count(*) FILTER (WHERE run_at <= :now),
+           min(run_at) FILTER (WHERE run_at <= :now)
+    FROM durable_jobs WHERE {WAITING_SQL} GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT queue, job_type, status, count(*), 0, NULL
+    FROM durable_jobs WHERE {RUNNING_SQL} GROUP BY 1, 2, 3
+) AS counted
+GROUP BY 1, 2, 3 HAVING sum(n) <> 0
+
+
+-- name: fold_counts
+-- The changes the count triggers added, folded into one row per queue, type
+-- and status (the sweep's). Rows added meanwhile are left for the next fold;
+-- a second fold at the same time waits for this one's rows, then finds them
+-- gone.
+WITH gone AS (
+    DELETE FROM durable_jobs_counts RETURNING queue, job_type, status, n
+)
+INSERT INTO durable_jobs_counts (queue, job_type, status, n)
+SELECT queue, job_type, status, sum(n) FROM gone
+GROUP BY 1, 2, 3 HAVING sum(n) <> 0
+
+
 -- name: throughput
 -- Jobs that ended (succeeded, dead) per minute since :since, from the partial
 -- finished_at index, and jobs now waiting for a retry by the minute their
@@ -418,9 +559,20 @@ ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, inflight = exclud
 -- A condition of the admin list and the bulk actions (flask_durable_jobs.listing):
 -- the payload's top-level field :payload_field, in string form, equals
 -- :payload_value. A string compares as itself, a number or boolean as its
--- JSON text; null, objects and arrays never match. It reads every row the
--- other filters leave: no index holds arbitrary payload fields.
-(jsonb_typeof(payload -> CAST(:payload_field AS text)) IN ('string', 'number', 'boolean')
+-- JSON text; null, objects and arrays never match. The first condition
+-- finds the candidates in the payload index (ix_durable_jobs_payload): the
+-- payload contains {field: value} with the value as a string, or as the
+-- JSON number or boolean it spells (else null: a candidate the second
+-- condition turns down, as it does a number written another way).
+-- Running jobs are not in that index: they come from the lease index.
+((status <> {RUNNING} AND payload @> ANY(ARRAY[
+    jsonb_build_object(CAST(:payload_field AS text), CAST(:payload_value AS text)),
+    jsonb_build_object(CAST(:payload_field AS text), CAST(CASE
+        WHEN CAST(:payload_value AS text)
+             ~ '^(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?|true|false)$'
+        THEN CAST(:payload_value AS text) ELSE 'null' END AS jsonb))]))
+ OR {RUNNING_SQL})
+AND (jsonb_typeof(payload -> CAST(:payload_field AS text)) IN ('string', 'number', 'boolean')
  AND payload ->> CAST(:payload_field AS text) = CAST(:payload_value AS text))
 
 

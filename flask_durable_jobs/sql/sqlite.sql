@@ -170,6 +170,22 @@ VALUES (:key, :cron, :timezone, :last_fire_at, :updated_at)
 ON CONFLICT (key) DO NOTHING
 
 
+-- name: counts
+-- Jobs per queue, type and status, with the waiting ones already due and
+-- the oldest due time, in one statement (one snapshot): one aggregate per
+-- partial index (ended, waiting, running jobs), so no part reads every row.
+SELECT queue, job_type, status, count(*), 0, NULL
+FROM durable_jobs WHERE {ENDED_SQL} GROUP BY 1, 2, 3
+UNION ALL
+SELECT queue, job_type, status, count(*),
+       sum(CASE WHEN run_at <= :now THEN 1 ELSE 0 END),
+       min(CASE WHEN run_at <= :now THEN run_at END)
+FROM durable_jobs WHERE {WAITING_SQL} GROUP BY 1, 2, 3
+UNION ALL
+SELECT queue, job_type, status, count(*), 0, NULL
+FROM durable_jobs WHERE {RUNNING_SQL} GROUP BY 1, 2, 3
+
+
 -- name: throughput
 -- Jobs that ended (succeeded, dead) per minute since :since, from the partial
 -- finished_at index, and jobs now waiting for a retry by the minute their

@@ -27,7 +27,6 @@ from ..errors import InvalidTransition, JobNotFound
 from ..models import (
     CANCELLED,
     DEAD,
-    ENDED_SQL,
     INSERT_COLUMNS,
     JOB_COLUMNS,
     PENDING,
@@ -45,6 +44,7 @@ from ..models import (
 from .control import JobControl
 from .records import (
     ClaimedRow,
+    Counted,
     ExpiredLeases,
     Finish,
     Statement,
@@ -306,35 +306,38 @@ class Store(abc.ABC, JobControl):
             ).first()
         return None if row is None else self.to_job(row)
 
+    def counts(self, now: dt.datetime) -> list[Counted]:
+        """Jobs per queue, type and status, with the due ones among the
+        waiting, in one statement (``counts`` of the SQL file): on PostgreSQL
+        ended jobs come from the rows the count triggers keep, so no call
+        reads the table's history."""
+        with self.engine.connect() as conn:
+            rows = self.send(conn, "counts", {"now": now}).all()
+        out = []
+        for row in rows:
+            queue, job_type, status, n, due, oldest = tuple(row)
+            out.append(Counted(queue, job_type, status, int(n), int(due or 0), as_utc(oldest)))
+        return out
+
+    def fold_counts(self) -> None:
+        """Fold the changes the count triggers added into one row per group
+        (PostgreSQL; the sweep calls it). Elsewhere nothing is kept."""
+
     def stats(self, now: dt.datetime, handled: t.Collection[str]) -> dict[str, t.Any]:
-        """Counts by status and type, and the due backlog, in two aggregate queries."""
-        c = self.table.c
+        """Counts by status and type, and the due backlog, from :meth:`counts`."""
         by_status: dict[str, int] = dict.fromkeys(STATUSES, 0)
         by_type: dict[str, dict[str, int]] = {}
         unhandled: dict[str, int] = {}
         oldest: dt.datetime | None = None
-        with self.engine.connect() as conn:
-            # One aggregate per partial index (ended, waiting, running jobs),
-            # in one statement: one snapshot, so a job changing status while
-            # stats are read is counted exactly once.
-            counts = sa.union_all(*(
-                sa.select(c.job_type, c.status, sa.func.count())
-                .where(sa.text(group))
-                .group_by(c.status, c.job_type)
-                for group in (ENDED_SQL, WAITING_SQL, RUNNING_SQL)
-            ))
-            for job_type, status, count in conn.execute(counts):
-                by_status[status] = by_status.get(status, 0) + count
-                by_type.setdefault(job_type, dict.fromkeys(STATUSES, 0))[status] = count
-            for job_type, count, first in conn.execute(
-                sa.select(c.job_type, sa.func.count(), sa.func.min(c.run_at))
-                .where(sa.text(WAITING_SQL), c.run_at <= now)
-                .group_by(c.job_type)
-            ):
-                first = as_utc(first)
-                oldest = first if oldest is None or first < oldest else oldest
-                if job_type not in handled:
-                    unhandled[job_type] = count
+        for row in self.counts(now):
+            by_status[row.status] = by_status.get(row.status, 0) + row.n
+            counts = by_type.setdefault(row.job_type, dict.fromkeys(STATUSES, 0))
+            counts[row.status] = counts.get(row.status, 0) + row.n
+            if row.due:
+                if row.oldest_due is not None and (oldest is None or row.oldest_due < oldest):
+                    oldest = row.oldest_due
+                if row.job_type not in handled:
+                    unhandled[row.job_type] = unhandled.get(row.job_type, 0) + row.due
         return {
             "by_status": by_status,
             "by_type": by_type,

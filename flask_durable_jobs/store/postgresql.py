@@ -209,6 +209,10 @@ class PostgresStore(Store):
             cur.execute(*self._driver("sweep", {"now": now, "limit": SWEEP_BATCH}))
             return [tuple(row[:4]) for row in cur.fetchall()]  # the last: the notification
 
+    def fold_counts(self) -> None:
+        with self._raw() as cur:
+            cur.execute(*self._driver("fold_counts", {}))
+
     def write_progress(self, updates: t.Sequence[tuple[int, str, str]]) -> set[int]:
         if not updates:
             return set()

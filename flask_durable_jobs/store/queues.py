@@ -63,15 +63,12 @@ def paused_queues(store: Store) -> set[str]:
     return {name for name, paused in queue_states(store).items() if paused}
 
 
-def queue_counts(store: Store) -> dict[str, dict[str, int]]:
-    """Jobs per queue and status: one aggregate, no rows loaded."""
-    c = store.table.c
+def queue_counts(store: Store, now: dt.datetime) -> dict[str, dict[str, int]]:
+    """Jobs per queue and status, from :meth:`Store.counts` (no rows loaded)."""
     counts: dict[str, dict[str, int]] = {}
-    with store.engine.connect() as conn:
-        for queue, status, count in conn.execute(
-            sa.select(c.queue, c.status, sa.func.count()).group_by(c.queue, c.status)
-        ):
-            counts.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = int(count)
+    for row in store.counts(now):
+        by_status = counts.setdefault(row.queue, dict.fromkeys(STATUSES, 0))
+        by_status[row.status] = by_status.get(row.status, 0) + row.n
     return counts
 
 

@@ -38,6 +38,18 @@ class ExpiredLeases:
     silent_workers: dict[str, float]
 
 
+class Counted(t.NamedTuple):
+    """One row of :meth:`Store.counts`: the jobs of a queue, type and status."""
+
+    queue: str
+    job_type: str
+    status: str
+    n: int
+    #: waiting jobs already due (0 for other statuses), and the oldest one's due time
+    due: int
+    oldest_due: dt.datetime | None
+
+
 @dataclasses.dataclass
 class Watcher:
     wait: t.Callable[[float], bool]
