@@ -66,6 +66,7 @@ def test_the_migration_creates_the_trigger_of_the_sql_file() -> None:
         for node in ast.walk(ast.parse(revision.read_text()))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
         and node.func.attr == "execute" and isinstance(node.args[0], ast.Constant)
+        and "notify" in node.args[0].value
     }
     ddl = {
         " ".join(statement.split())
@@ -74,6 +75,25 @@ def test_the_migration_creates_the_trigger_of_the_sql_file() -> None:
     }
     assert len(ddl) == 3
     assert ddl == executed
+
+
+def test_revision_0006_makes_the_counts_and_payload_index_of_the_sql_file() -> None:
+    """``flask jobs upgrade`` and ``db.create_all()`` make the same counts
+    table, count triggers and payload index (PostgreSQL)."""
+    spec = importlib.util.spec_from_file_location(
+        "revision_0006", MIGRATION.parent / "0006_counts.py")
+    assert spec is not None and spec.loader is not None
+    revision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(revision)
+    assert revision.ENDED == models.ENDED_SQL
+    upgraded = {" ".join(statement.split()) for statement in revision.UPGRADE}
+    made = {
+        name: " ".join(statement.format_map(models.SQL_NAMES).split())
+        for name, statement in sql.load("postgresql").items()
+        if name.startswith(("after_create.count", "after_create.payload"))
+    }
+    assert len(made) == 9
+    assert {name for name, statement in made.items() if statement not in upgraded} == set()
 
 
 @pytest.mark.parametrize("dialect", sql.DIALECTS)
@@ -91,7 +111,8 @@ def test_sql_files_spell_no_status(dialect: str) -> None:
 
 #: Wake-ups and the server's clock exist on PostgreSQL only (SQLite is one host;
 #: jobs.wait() polls there).
-PG_ONLY = ("listen", "server_clock", "listen_ended", "notify_ended", "vacuum_state")
+PG_ONLY = ("listen", "server_clock", "listen_ended", "notify_ended", "vacuum_state",
+           "fold_counts")
 
 
 def test_both_databases_have_the_same_statements() -> None:
