@@ -140,10 +140,18 @@ def ours_scheduler(n: int) -> dict:  # type: ignore[type-arg]
     return {"rate": n / span, "n": n, "span": span, "wall": time.perf_counter() - t0}
 
 
-def pgbench_ceiling(n: int) -> dict:  # type: ignore[type-arg]
+def pgbench_ceiling(n: int, batch: int | None = None) -> dict:  # type: ignore[type-arg]
+    """The one-client SQL ceiling: claims of 100 (the reference), or of
+    ``batch`` (the library's default batch size, as the scheduler claims)."""
     import pgbench_ref
 
-    return pgbench_ref.drain(n)
+    return pgbench_ref.drain(n, batch=batch or pgbench_ref.BATCH)
+
+
+def default_batch() -> int:
+    from flask_durable_jobs.config import DEFAULTS
+
+    return int(DEFAULTS["BATCH_SIZE"])
 
 
 async def _pgq_series(dbname: str, n: int, batch: int,
@@ -275,6 +283,7 @@ def run(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         ref_n = max(args.n)
         measure(f"pg.pgbench_ceiling.{ref_n}", pgbench_ceiling, ref_n)
         measure(f"pg.scheduler.{ref_n}", ours_scheduler, ref_n)
+        measure(f"pg.pgbench_ceiling_batch.{ref_n}", pgbench_ceiling, ref_n, default_batch())
         if not args.no_sqlite:
             measure(f"sqlite.plain.{args.sqlite_n}", sqlite_drain, args.sqlite_n, False)
             measure(f"sqlite.reader.{args.sqlite_n}", sqlite_drain, args.sqlite_n, True)
@@ -366,8 +375,11 @@ def render(data: dict) -> str:  # type: ignore[type-arg]
                              f" {r['rate']:,.0f} | {' · '.join(f'{f:,.0f}' for f in r['fifths'])}"
                              f" | {r['_load1']} |")
         for key, label in (("pgbench_ceiling", "one-client SQL ceiling (pgbench_ref.py,"
-                            " analysed)"), ("scheduler", "in-process scheduler, defaults,"
-                                            " never analysed")):
+                            " claims of 100, analysed)"),
+                           ("pgbench_ceiling_batch", "one-client SQL ceiling, claims of the"
+                            " default batch size, analysed"),
+                           ("scheduler", "in-process scheduler, defaults,"
+                            " never analysed")):
             r = _last(data, f"pg.{key}.{n}")
             if r:
                 lines.append(f"| PostgreSQL, {label} | {n:,} | {r['rate']:,.0f} | |"
@@ -417,6 +429,13 @@ def render(data: dict) -> str:  # type: ignore[type-arg]
         u, sched = rate(f"pg.unanalysed.{n}"), rate(f"pg.scheduler.{n}")
         goal("process_due never analysed / SQL ceiling", u / ceiling if u else None, 0.9)
         goal("scheduler never analysed / SQL ceiling", sched / ceiling if sched else None, 0.6)
+    same = rate(f"pg.pgbench_ceiling_batch.{n}")
+    if same:
+        u, sched = rate(f"pg.unanalysed.{n}"), rate(f"pg.scheduler.{n}")
+        goal("process_due never analysed / SQL ceiling at the default batch size",
+             u / same if u else None, 0.9)
+        goal("scheduler never analysed / SQL ceiling at the default batch size",
+             sched / same if sched else None, 0.6)
     started = data.get("started", "?")
     return "\n".join([f"Run started {started}; 1-minute load average per row (2 cores).", "",
                        *lines, *goals])

@@ -20,7 +20,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SWEEP_INTERVAL": 30.0,  # seconds between orphan sweeps
     "LEASE_SECONDS": 60.0,  # lease length, renewed while a handler runs
     "CONCURRENCY": 4,  # handler threads per process
-    "BATCH_SIZE": 100,  # most jobs claimed per statement
+    "BATCH_SIZE": 500,  # most jobs claimed per statement
     "QUEUES": None,  # queues this process works; None = all
     "SHUTDOWN_TIMEOUT": 10.0,  # seconds running jobs get at exit
     "BACKOFF_BASE": 30.0,  # seconds before the first retry

@@ -14,7 +14,7 @@ def test_defaults() -> None:
     s = load({})
     assert (s.scheduler, s.poll_interval, s.sweep_interval, s.lease_seconds) == (
         True, 1.0, 30.0, 60.0)
-    assert (s.concurrency, s.batch_size, s.queues, s.shutdown_timeout) == (4, 100, None, 10.0)
+    assert (s.concurrency, s.batch_size, s.queues, s.shutdown_timeout) == (4, 500, None, 10.0)
     assert (s.backoff_base, s.backoff_factor, s.backoff_max, s.backoff_jitter) == (
         30.0, 4.0, 3600.0, 0.1)
     assert (s.retention_days, s.dead_retention_days) == (30.0, 90.0)
