@@ -139,9 +139,11 @@ SQL_NAMES: dict[str, str] = {
 
 #: What PostgreSQL's ``after_create`` statements (:mod:`flask_durable_jobs.sql`)
 #: make beside the job table, like its triggers: the kept counts of ended jobs
-#: and the payload's GIN index. They are not in the models (SQLite has
+#: and the payloads' GIN indexes. They are not in the models (SQLite has
 #: neither), so schema comparisons leave them out by these names.
-MADE_BY_SQL_FILE = frozenset({"durable_jobs_counts", "ix_durable_jobs_payload"})
+MADE_BY_SQL_FILE = frozenset({
+    "durable_jobs_counts", "ix_durable_jobs_payload_waiting", "ix_durable_jobs_payload_ended",
+})
 
 UTC = dt.timezone.utc
 

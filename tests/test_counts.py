@@ -162,22 +162,24 @@ def test_counts_hold_while_jobs_finish_and_the_sweep_folds(
             if stats["by_status"]["succeeded"] + stats["by_status"]["dead"] == 800:
                 break
     finally:
-        jobs.stop()
         stop.set()
         folder.join()
+        jobs.stop()
     assert not errors, errors
     stats = jobs.stats()
     assert stats["by_status"]["succeeded"] == 600 and stats["by_status"]["dead"] == 200
     assert_counts_match(jobs, db)
 
 
-def test_the_payload_filter_reads_the_payload_index_on_postgresql(
+def test_the_payload_filter_reads_the_payload_indexes_on_postgresql(
     app: Flask, jobs: DurableJobs, db: SQLAlchemy, backend: str
 ) -> None:
     if backend != "postgresql":
         pytest.skip("SQLite has no index on payload fields: its filter reads the rows")
     jobs.handler("t")(lambda p: None)
-    jobs.enqueue_many("t", [{"user_id": i % 500, "n": i} for i in range(5000)])
+    jobs.enqueue_many("t", [{"user_id": i % 500, "n": i} for i in range(2500)])
+    jobs.drain()  # ended jobs, in one index
+    jobs.enqueue_many("t", [{"user_id": i % 500, "n": i} for i in range(2500, 5000)])
     with db.engine.begin() as conn:
         conn.exec_driver_sql(f"ANALYZE {TABLE_NAME}")
     statements: list[tuple[str, t.Any]] = []
@@ -198,4 +200,5 @@ def test_the_payload_filter_reads_the_payload_index_on_postgresql(
         for statement, params in statements:
             plan = "\n".join(row[0] for row in conn.exec_driver_sql(
                 f"EXPLAIN {statement}", params))
-            assert "ix_durable_jobs_payload" in plan, plan
+            assert "ix_durable_jobs_payload_waiting" in plan, plan
+            assert "ix_durable_jobs_payload_ended" in plan, plan

@@ -86,13 +86,14 @@ def test_revision_0006_makes_the_counts_and_payload_index_of_the_sql_file() -> N
     revision = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(revision)
     assert revision.ENDED == models.ENDED_SQL
+    assert revision.WAITING == models.WAITING_SQL
     upgraded = {" ".join(statement.split()) for statement in revision.UPGRADE}
     made = {
         name: " ".join(statement.format_map(models.SQL_NAMES).split())
         for name, statement in sql.load("postgresql").items()
         if name.startswith(("after_create.count", "after_create.payload"))
     }
-    assert len(made) == 9
+    assert len(made) == 10
     assert {name for name, statement in made.items() if statement not in upgraded} == set()
 
 

@@ -312,14 +312,24 @@ CREATE TABLE IF NOT EXISTS durable_jobs_counts (
 )
 
 
--- name: after_create.payload_index
+-- name: after_create.payload_index_waiting
 -- The admin list's payload-field filter (payload_matches): the jobs whose
--- payload contains {field: value}, found in this index instead of read row
--- by row. jsonb_path_ops: smaller than the default and all @> needs.
--- Partial: a claim makes a job running, and leaves no entry here (running
--- jobs are few, and the filter reads them through the lease index).
-CREATE INDEX IF NOT EXISTS ix_durable_jobs_payload ON durable_jobs
-USING gin (payload jsonb_path_ops) WHERE status <> {RUNNING}
+-- payload contains {field: value}, found in GIN indexes (jsonb_path_ops:
+-- smaller than the default and all @> needs) instead of read row by row.
+-- Two, by who writes them. Waiting jobs come one enqueue at a time, from
+-- many connections at once: each entry goes straight into the index
+-- (fastupdate off), as no shared pending list would let them. Ended jobs
+-- come a finish statement at a time: their entries go to the pending list
+-- and are merged later (fastupdate, the default). A claim makes a job
+-- running, which neither holds: running jobs are few, and the filter reads
+-- them through the lease index.
+CREATE INDEX IF NOT EXISTS ix_durable_jobs_payload_waiting ON durable_jobs
+USING gin (payload jsonb_path_ops) WITH (fastupdate = off) WHERE {WAITING_SQL}
+
+
+-- name: after_create.payload_index_ended
+CREATE INDEX IF NOT EXISTS ix_durable_jobs_payload_ended ON durable_jobs
+USING gin (payload jsonb_path_ops) WHERE {ENDED_SQL}
 
 
 -- name: after_create.count_function
@@ -560,12 +570,19 @@ ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, inflight = exclud
 -- the payload's top-level field :payload_field, in string form, equals
 -- :payload_value. A string compares as itself, a number or boolean as its
 -- JSON text; null, objects and arrays never match. The first condition
--- finds the candidates in the payload index (ix_durable_jobs_payload): the
+-- finds the candidates in the payload indexes (ix_durable_jobs_payload_*): the
 -- payload contains {field: value} with the value as a string, or as the
 -- JSON number or boolean it spells (else null: a candidate the second
 -- condition turns down, as it does a number written another way).
--- Running jobs are not in that index: they come from the lease index.
-((status <> {RUNNING} AND payload @> ANY(ARRAY[
+-- Each index's condition leads its own arm (the planner ORs the indexes'
+-- bitmaps); running jobs are in neither: they come from the lease index.
+(({WAITING_SQL} AND payload @> ANY(ARRAY[
+    jsonb_build_object(CAST(:payload_field AS text), CAST(:payload_value AS text)),
+    jsonb_build_object(CAST(:payload_field AS text), CAST(CASE
+        WHEN CAST(:payload_value AS text)
+             ~ '^(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?|true|false)$'
+        THEN CAST(:payload_value AS text) ELSE 'null' END AS jsonb))]))
+ OR ({ENDED_SQL} AND payload @> ANY(ARRAY[
     jsonb_build_object(CAST(:payload_field AS text), CAST(:payload_value AS text)),
     jsonb_build_object(CAST(:payload_field AS text), CAST(CASE
         WHEN CAST(:payload_value AS text)
