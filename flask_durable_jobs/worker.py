@@ -506,7 +506,10 @@ class Runner:
                                  job_type=job_type, status=status)
         self.batches_ended(batch for _i, _t, status, batch in recovered
                            if status in (DEAD, CANCELLED))
-        self.store.fold_counts()
+        try:
+            self.store.fold_counts()
+        except Exception as exc:  # the counts stay right unfolded; the next sweep folds
+            log.warning("folding the kept job counts failed: %r", exc)
         return recovered
 
     def begin_shutdown(self, timeout: float) -> None:
