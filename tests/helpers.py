@@ -7,10 +7,15 @@ import threading
 import time
 import typing as t
 
+import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs
+
+#: Runs a test that takes ``database_url`` (or a fixture built on it) on
+#: PostgreSQL only: for what only PostgreSQL has.
+on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def wait_for(

@@ -21,6 +21,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs
 from flask_durable_jobs.models import STATUSES, TABLE_NAME
+from tests.helpers import on_postgresql
 
 UTC = dt.timezone.utc
 
@@ -105,11 +106,10 @@ def test_counts_stay_exact_through_every_kind_of_write(
         assert_counts_match(jobs, db)
 
 
+@on_postgresql  # SQLite counts its table directly: nothing is kept
 def test_the_sweep_folds_the_kept_changes_to_one_row_per_group(
-    app: Flask, jobs: DurableJobs, db: SQLAlchemy, backend: str
+    app: Flask, jobs: DurableJobs, db: SQLAlchemy
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("SQLite counts its table directly: nothing is kept")
     jobs.handler("ok")(lambda p: None)
     for _ in range(20):
         jobs.enqueue_many("ok", [{}] * 5)
@@ -171,11 +171,10 @@ def test_counts_hold_while_jobs_finish_and_the_sweep_folds(
     assert_counts_match(jobs, db)
 
 
+@on_postgresql  # SQLite has no index on payload fields: its filter reads the rows
 def test_the_payload_filter_reads_the_payload_indexes_on_postgresql(
-    app: Flask, jobs: DurableJobs, db: SQLAlchemy, backend: str
+    app: Flask, jobs: DurableJobs, db: SQLAlchemy
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("SQLite has no index on payload fields: its filter reads the rows")
     jobs.handler("t")(lambda p: None)
     jobs.enqueue_many("t", [{"user_id": i % 500, "n": i} for i in range(2500)])
     jobs.drain()  # ended jobs, in one index

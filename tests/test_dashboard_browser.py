@@ -29,7 +29,7 @@ from flask_durable_jobs.extension import get_state
 from flask_durable_jobs.periodic import tick
 from flask_durable_jobs.testing import move_time, reset_time
 from tests.conftest import IN_CI
-from tests.helpers import wait_for
+from tests.helpers import on_postgresql, wait_for
 
 CHROMIUM = os.environ.get("DURABLE_JOBS_TEST_CHROMIUM", "/usr/bin/chromium")
 PREFIX = "/admin/jobs"
@@ -38,7 +38,6 @@ READ_TOKEN = "read-token-for-the-browser"
 TOKENS = pytest.mark.config(
     DURABLE_JOBS_ADMIN_TOKEN=ALL_TOKEN, DURABLE_JOBS_ADMIN_READ_TOKEN=READ_TOKEN
 )
-POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "_static" / "dashboard"
 XSS = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">'
 
@@ -221,7 +220,7 @@ def test_smoke_log_in_see_the_overview_and_a_job(
 # -- PostgreSQL ------------------------------------------------------------------
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_overview_shows_the_stats_and_loads_nothing_from_elsewhere(
     app: Flask, jobs: DurableJobs, tab: Tab
@@ -264,7 +263,7 @@ def test_overview_shows_the_stats_and_loads_nothing_from_elsewhere(
     assert page.evaluate("sessionStorage.getItem('durable_jobs_token')") == ALL_TOKEN
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_filter_the_list_and_page_through_it(app: Flask, jobs: DurableJobs, tab: Tab) -> None:
     _jobs(jobs)
@@ -298,7 +297,7 @@ def test_filter_the_list_and_page_through_it(app: Flask, jobs: DurableJobs, tab:
     assert page.input_value("#filters input[name=job_type]") == "send_email"
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_retry_a_dead_job_from_its_page(app: Flask, jobs: DurableJobs, tab: Tab) -> None:
     ids = seed(jobs)
@@ -327,7 +326,7 @@ def test_retry_a_dead_job_from_its_page(app: Flask, jobs: DurableJobs, tab: Tab)
     assert payload["api_token"] != "hunter2" and payload["month"] == "2026-01"
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_bulk_cancel_everything_matching_a_filter(
     app: Flask, jobs: DurableJobs, tab: Tab
@@ -349,7 +348,7 @@ def test_bulk_cancel_everything_matching_a_filter(
     assert {status_of(app, i) for i in emails} == {"pending"}
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_pause_and_resume_a_queue(app: Flask, jobs: DurableJobs, tab: Tab) -> None:
     _jobs(jobs)
@@ -371,7 +370,7 @@ def _items(data: t.Any) -> list[dict[str, t.Any]]:
     return data if isinstance(data, list) else data["items"]
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_the_read_only_role_sees_no_write_buttons(
     app: Flask, jobs: DurableJobs, tab: Tab
@@ -401,7 +400,7 @@ def test_the_read_only_role_sees_no_write_buttons(
     assert status_of(app, ids["dead"][0]) == "dead"
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_a_payload_holding_markup_stays_text(app: Flask, jobs: DurableJobs, tab: Tab) -> None:
     _jobs(jobs)
@@ -420,7 +419,7 @@ def test_a_payload_holding_markup_stays_text(app: Flask, jobs: DurableJobs, tab:
     assert not any("/x" in r.url for r in tab.requests)  # the <img> never loaded
 
 
-@POSTGRESQL
+@on_postgresql
 @pytest.mark.config(SECRET_KEY="browser-test")
 def test_host_app_login_works_and_a_cross_site_form_post_is_refused(
     app: Flask, jobs: DurableJobs, chromium: t.Any, tmp_path: Path
@@ -478,7 +477,7 @@ def test_host_app_login_works_and_a_cross_site_form_post_is_refused(
         target.close()
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_screenshots_of_the_other_pages(app: Flask, jobs: DurableJobs, tab: Tab) -> None:
     ids = seed(jobs)
@@ -519,7 +518,7 @@ def test_screenshots_of_the_other_pages(app: Flask, jobs: DurableJobs, tab: Tab)
     tab.shot("job-phone")
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_a_running_job_shows_its_progress_and_takes_a_cancel_request(
     app: Flask, jobs: DurableJobs, tab: Tab
@@ -558,7 +557,7 @@ def test_a_running_job_shows_its_progress_and_takes_a_cancel_request(
     assert status_of(app, job_id) == "cancelled"
 
 
-@POSTGRESQL
+@on_postgresql
 @TOKENS
 def test_the_overview_refreshes_while_visible_and_pauses_while_hidden(
     app: Flask, jobs: DurableJobs, tab: Tab

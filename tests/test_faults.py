@@ -33,9 +33,8 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_durable_jobs import DurableJobs, faults
-from tests.helpers import sweeping, wait_for
+from tests.helpers import on_postgresql, sweeping, wait_for
 
-on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 SIDE_TABLE = "side_effects"
 
 

@@ -22,8 +22,9 @@ MIGRATION = (
 )
 
 
-def _migration() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("revision_0001", MIGRATION)
+def _migration(path: pathlib.Path = MIGRATION) -> types.ModuleType:
+    """A shipped revision's module, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(f"revision_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -80,11 +81,7 @@ def test_the_migration_creates_the_trigger_of_the_sql_file() -> None:
 def test_revision_0006_makes_the_counts_and_payload_index_of_the_sql_file() -> None:
     """``flask jobs upgrade`` and ``db.create_all()`` make the same counts
     table, count triggers and payload index (PostgreSQL)."""
-    spec = importlib.util.spec_from_file_location(
-        "revision_0006", MIGRATION.parent / "0006_counts.py")
-    assert spec is not None and spec.loader is not None
-    revision = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(revision)
+    revision = _migration(MIGRATION.parent / "0006_counts.py")
     assert revision.ENDED == models.ENDED_SQL
     assert revision.WAITING == models.WAITING_SQL
     upgraded = {" ".join(statement.split()) for statement in revision.UPGRADE}

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import wait_for
+from tests.helpers import on_postgresql, wait_for
 from tests.procs import hostapp
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgresql]
@@ -438,7 +438,7 @@ def faketime_env(preload: str, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@on_postgresql
 def test_a_process_whose_clock_is_ahead_or_stepped_writes_the_database_time(
     database_url: str, tmp_path: Path
 ) -> None:

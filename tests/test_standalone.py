@@ -16,8 +16,7 @@ from flask import Flask
 
 from flask_durable_jobs import DurableJobs
 from flask_durable_jobs.extension import get_state
-
-on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+from tests.helpers import on_postgresql
 
 
 @pytest.fixture(autouse=True)
