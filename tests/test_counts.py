@@ -2,9 +2,9 @@
 equal to the table's own, whatever writes it; and the admin list's payload
 filter reads its index on PostgreSQL.
 
-On PostgreSQL the counts of ended jobs are kept by triggers as rows change
-(``durable_jobs_counts``) and folded by the sweep; these tests compare them
-with a plain ``GROUP BY`` of the job table after every kind of write.
+On PostgreSQL the counts of every status are kept by triggers as rows
+change (``durable_jobs_counts``) and folded by the sweep; these tests compare
+them with a plain ``GROUP BY`` of the job table after every kind of write.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_durable_jobs import DurableJobs
-from flask_durable_jobs.models import STATUSES, TABLE_NAME
+from flask_durable_jobs import DurableJobs, sql
+from flask_durable_jobs.models import SQL_NAMES, STATUSES, TABLE_NAME
 from tests.helpers import on_postgresql
 
 UTC = dt.timezone.utc
@@ -83,8 +83,13 @@ def test_counts_stay_exact_through_every_kind_of_write(
              "attempts": 1, "max_attempts": 1, "priority": 0, "run_at": now,
              "created_at": now, "updated_at": now, "finished_at": now,
              "orphan_policy": "retry", "callback_attempts": 0}
-            for status in ("succeeded", "succeeded", "dead", "cancelled")
+            for status in ("succeeded", "succeeded", "dead", "cancelled", "pending", "running")
         ])
+        conn.execute(sa.update(table).where(table.c.job_type == "imported",
+                                            table.c.status == "pending").values(queue="older"))
+        conn.execute(sa.update(table).where(table.c.job_type == "imported",
+                                            table.c.status == "running")
+                     .values(status="retrying"))
         conn.execute(sa.update(table).where(table.c.job_type == "imported",
                                             table.c.status == "dead").values(queue="older"))
         conn.execute(sa.update(table).where(table.c.job_type == "imported",
@@ -126,6 +131,38 @@ def test_the_sweep_folds_the_kept_changes_to_one_row_per_group(
     assert kept_rows() == 1  # one queue, one type, one ended status
     assert jobs.stats() == before
     assert before["by_status"]["succeeded"] == 100
+
+
+@on_postgresql  # SQLite counts its partial indexes
+def test_queue_counts_read_no_job_row_on_postgresql(
+    app: Flask, jobs: DurableJobs, db: SQLAlchemy
+) -> None:
+    """The queues page's counts come from the kept rows alone, however many
+    jobs wait; only stats' due backlog reads the waiting jobs."""
+    jobs.handler("ok")(lambda p: None)
+    jobs.enqueue_many("ok", [{}] * 300)
+    jobs.process_due(limit=100)
+
+    def job_rows_read(due: bool) -> int:
+        statement = sql.load("postgresql")["counts"].format_map(SQL_NAMES)
+        with db.engine.connect() as conn:
+            plan = conn.execute(
+                sa.text(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}"),
+                {"now": dt.datetime.now(UTC), "due": due},
+            ).scalar_one()
+        nodes = [plan[0]["Plan"]]
+        read = 0
+        while nodes:
+            node = nodes.pop()
+            nodes.extend(node.get("Plans", []))
+            if node.get("Relation Name") == TABLE_NAME or TABLE_NAME in node.get("Index Name", "x"):
+                read += int(node["Actual Rows"]) * int(node["Actual Loops"])
+        return read
+
+    assert job_rows_read(due=False) == 0
+    assert job_rows_read(due=True) == 200
+    assert {q["name"]: q["counts"]["pending"] for q in jobs.queues()} == {"default": 200}
+    assert jobs.stats()["by_status"]["succeeded"] == 100
 
 
 @pytest.mark.config(DURABLE_JOBS_POLL_INTERVAL=0.05, DURABLE_JOBS_CONCURRENCY=4)

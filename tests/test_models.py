@@ -78,20 +78,27 @@ def test_the_migration_creates_the_trigger_of_the_sql_file() -> None:
     assert ddl == executed
 
 
-def test_revision_0006_makes_the_counts_and_payload_index_of_the_sql_file() -> None:
+def test_revisions_0006_and_0007_make_the_counts_and_payload_index_of_the_sql_file() -> None:
     """``flask jobs upgrade`` and ``db.create_all()`` make the same counts
-    table, count triggers and payload index (PostgreSQL)."""
-    revision = _migration(MIGRATION.parent / "0006_counts.py")
-    assert revision.ENDED == models.ENDED_SQL
-    assert revision.WAITING == models.WAITING_SQL
-    upgraded = {" ".join(statement.split()) for statement in revision.UPGRADE}
+    table, count triggers and payload indexes (PostgreSQL): each statement
+    of the SQL file is the last one of the revisions that makes its object."""
     made = {
         name: " ".join(statement.format_map(models.SQL_NAMES).split())
         for name, statement in sql.load("postgresql").items()
         if name.startswith(("after_create.count", "after_create.payload"))
     }
-    assert len(made) == 10
+    assert len(made) == 9
+    counted = _migration(MIGRATION.parent / "0006_counts.py")
+    assert counted.ENDED == models.ENDED_SQL
+    assert counted.WAITING == models.WAITING_SQL
+    kept = _migration(MIGRATION.parent / "0007_kept_counts.py")
+    assert kept.ENDED == models.ENDED_SQL
+    remade = {" ".join(statement.split()) for statement in kept.UPGRADE}
+    upgraded = remade | {" ".join(statement.split()) for statement in counted.UPGRADE}
     assert {name for name, statement in made.items() if statement not in upgraded} == set()
+    # 0007 redefines what counts: the function and the insert trigger
+    assert made["after_create.count_function"] in remade
+    assert made["after_create.count_insert"] in remade
 
 
 @pytest.mark.parametrize("dialect", sql.DIALECTS)

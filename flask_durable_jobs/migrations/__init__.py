@@ -19,7 +19,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "durable_jobs_alembic_version"
 SCRIPT_LOCATION = str(pathlib.Path(__file__).resolve().parent)
 #: The newest shipped revision: what ``flask jobs upgrade`` brings a database to.
-HEAD = "0006"
+HEAD = "0007"
 
 
 def define_version_table(metadata: sa.MetaData) -> sa.Table:

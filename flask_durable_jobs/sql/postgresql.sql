@@ -301,7 +301,7 @@ DROP FUNCTION IF EXISTS durable_jobs_notify() CASCADE
 
 
 -- name: after_create.count_table
--- Changes to the counts of ended jobs, per queue, type and status (see
+-- Changes to the counts of jobs, per queue, type and status (see
 -- durable_jobs_count below). Made with the job table, like its triggers,
 -- and left out of the models: SQLite counts its table directly.
 CREATE TABLE IF NOT EXISTS durable_jobs_counts (
@@ -333,28 +333,29 @@ USING gin (payload jsonb_path_ops) WHERE {ENDED_SQL}
 
 
 -- name: after_create.count_function
--- The counts of ended jobs (succeeded, dead, cancelled) are kept as they
--- change instead of counted from the table, which holds mostly ended jobs:
--- every statement that updates or deletes rows adds its net change per
+-- The counts of jobs per queue, type and status are kept as they change
+-- instead of counted from the table, which holds mostly ended jobs: every
+-- statement that inserts, updates or deletes rows adds its net change per
 -- queue, type and status to durable_jobs_counts as new rows (inserts only,
--- so two writers never wait for each other there); the sweep folds them
--- into one row per group (fold_counts). Inserts are counted row by row
--- (count_insert), and only an ended job, which the library never inserts:
--- an enqueue pays nothing. Waiting and running jobs are counted from their
--- own partial indexes (counts).
+-- so two writers never wait for each other there); the sweep folds them into
+-- one row per group (fold_counts). An enqueue adds one row, a claim or a
+-- finish of a batch one or two per queue and type; a statement that changes
+-- no status (a lease renewal, a progress write) adds none.
 CREATE OR REPLACE FUNCTION durable_jobs_count() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
+    IF TG_OP = 'INSERT' THEN
         INSERT INTO durable_jobs_counts (queue, job_type, status, n)
-        SELECT queue, job_type, status, -count(*) FROM old_rows
-        WHERE {ENDED_SQL} GROUP BY 1, 2, 3;
+        SELECT queue, job_type, status, count(*) FROM new_rows GROUP BY 1, 2, 3;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO durable_jobs_counts (queue, job_type, status, n)
+        SELECT queue, job_type, status, -count(*) FROM old_rows GROUP BY 1, 2, 3;
     ELSE
         INSERT INTO durable_jobs_counts (queue, job_type, status, n)
         SELECT queue, job_type, status, sum(change) FROM (
-            SELECT queue, job_type, status, 1 AS change FROM new_rows WHERE {ENDED_SQL}
+            SELECT queue, job_type, status, 1 AS change FROM new_rows
             UNION ALL
-            SELECT queue, job_type, status, -1 FROM old_rows WHERE {ENDED_SQL}
+            SELECT queue, job_type, status, -1 FROM old_rows
         ) AS changes
         GROUP BY 1, 2, 3 HAVING sum(change) <> 0;
     END IF;
@@ -374,21 +375,10 @@ REFERENCING OLD TABLE AS old_rows
 FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_count()
 
 
--- name: after_create.count_insert_function
-CREATE OR REPLACE FUNCTION durable_jobs_count_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO durable_jobs_counts (queue, job_type, status, n)
-    VALUES (NEW.queue, NEW.job_type, NEW.status, 1);
-    RETURN NULL;
-END $$
-
-
 -- name: after_create.count_insert
--- Its condition is tested for each new row before anything is queued.
 CREATE TRIGGER durable_jobs_count_insert AFTER INSERT ON durable_jobs
-FOR EACH ROW WHEN (NEW.status IN ({SUCCEEDED}, {DEAD}, {CANCELLED}))
-EXECUTE FUNCTION durable_jobs_count_insert()
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_count()
 
 
 -- name: after_create.count_clear_function
@@ -418,22 +408,19 @@ DROP TABLE IF EXISTS durable_jobs_counts
 
 
 -- name: counts
--- Jobs per queue, type and status, with the waiting ones already due and
--- the oldest due time, in one statement (one snapshot): the ended ones from
--- the rows the count triggers keep, the waiting and running ones from their
--- partial indexes.
+-- Jobs per queue, type and status, from the rows the count triggers keep (no
+-- job row is read), and with :due, the waiting ones already due and the
+-- oldest due time, from the waiting jobs (the due index), in the same
+-- statement (one snapshot). Without :due that arm is not run at all.
 SELECT queue, job_type, status, CAST(sum(n) AS BIGINT), CAST(sum(due) AS BIGINT),
        min(oldest_due)
 FROM (
     SELECT queue, job_type, status, n, 0 AS due, CAST(NULL AS TIMESTAMPTZ) AS oldest_due
     FROM durable_jobs_counts
     UNION ALL
-    SELECT queue, job_type, status, count(*), count(*) FILTER (WHERE run_at <= :now),
-           min(run_at) FILTER (WHERE run_at <= :now)
-    FROM durable_jobs WHERE {WAITING_SQL} GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT queue, job_type, status, count(*), 0, NULL
-    FROM durable_jobs WHERE {RUNNING_SQL} GROUP BY 1, 2, 3
+    SELECT queue, job_type, status, 0, count(*), min(run_at)
+    FROM durable_jobs WHERE {WAITING_SQL} AND run_at <= :now AND CAST(:due AS BOOLEAN)
+    GROUP BY 1, 2, 3
 ) AS counted
 GROUP BY 1, 2, 3 HAVING sum(n) <> 0
 

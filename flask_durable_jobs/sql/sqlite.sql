@@ -171,15 +171,15 @@ ON CONFLICT (key) DO NOTHING
 
 
 -- name: counts
--- Jobs per queue, type and status, with the waiting ones already due and
--- the oldest due time, in one statement (one snapshot): one aggregate per
--- partial index (ended, waiting, running jobs), so no part reads every row.
+-- Jobs per queue, type and status, and with :due the waiting ones already
+-- due and the oldest due time, in one statement (one snapshot): one aggregate
+-- per partial index (ended, waiting, running jobs), so no part reads every row.
 SELECT queue, job_type, status, count(*), 0, NULL
 FROM durable_jobs WHERE {ENDED_SQL} GROUP BY 1, 2, 3
 UNION ALL
 SELECT queue, job_type, status, count(*),
-       sum(CASE WHEN run_at <= :now THEN 1 ELSE 0 END),
-       min(CASE WHEN run_at <= :now THEN run_at END)
+       sum(CASE WHEN :due AND run_at <= :now THEN 1 ELSE 0 END),
+       min(CASE WHEN :due AND run_at <= :now THEN run_at END)
 FROM durable_jobs WHERE {WAITING_SQL} GROUP BY 1, 2, 3
 UNION ALL
 SELECT queue, job_type, status, count(*), 0, NULL

@@ -306,13 +306,13 @@ class Store(abc.ABC, JobControl):
             ).first()
         return None if row is None else self.to_job(row)
 
-    def counts(self, now: dt.datetime) -> list[Counted]:
-        """Jobs per queue, type and status, with the due ones among the
-        waiting, in one statement (``counts`` of the SQL file): on PostgreSQL
-        ended jobs come from the rows the count triggers keep, so no call
-        reads the table's history."""
+    def counts(self, now: dt.datetime, due: bool = True) -> list[Counted]:
+        """Jobs per queue, type and status, and with ``due`` the due ones
+        among the waiting, in one statement (``counts`` of the SQL file): on
+        PostgreSQL the counts come from the rows the count triggers keep, so
+        only the due part reads job rows (the waiting ones)."""
         with self.engine.connect() as conn:
-            rows = self.send(conn, "counts", {"now": now}).all()
+            rows = self.send(conn, "counts", {"now": now, "due": due}).all()
         out = []
         for row in rows:
             queue, job_type, status, n, due, oldest = tuple(row)

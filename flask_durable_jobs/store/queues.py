@@ -64,9 +64,10 @@ def paused_queues(store: Store) -> set[str]:
 
 
 def queue_counts(store: Store, now: dt.datetime) -> dict[str, dict[str, int]]:
-    """Jobs per queue and status, from :meth:`Store.counts` (no rows loaded)."""
+    """Jobs per queue and status, from :meth:`Store.counts` (no rows loaded;
+    on PostgreSQL, no job row read)."""
     counts: dict[str, dict[str, int]] = {}
-    for row in store.counts(now):
+    for row in store.counts(now, due=False):
         by_status = counts.setdefault(row.queue, dict.fromkeys(STATUSES, 0))
         by_status[row.status] = by_status.get(row.status, 0) + row.n
     return counts
