@@ -58,7 +58,9 @@ UPGRADE = [
     """CREATE TRIGGER durable_jobs_count_insert AFTER INSERT ON durable_jobs
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_count()""",
-    # the jobs not ended, as they stand
+    # the jobs not ended, as they stand (counted afresh: a table that
+    # db.create_all() made with these models has kept them already)
+    f"DELETE FROM durable_jobs_counts WHERE NOT {ENDED}",
     f"""INSERT INTO durable_jobs_counts (queue, job_type, status, n)
     SELECT queue, job_type, status, count(*) FROM durable_jobs
     WHERE NOT {ENDED} GROUP BY 1, 2, 3""",
