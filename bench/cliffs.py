@@ -354,9 +354,27 @@ LABELS = {
 }
 
 
-def _last(data: dict, key: str) -> dict | None:  # type: ignore[type-arg]
+def _typical(data: dict, key: str) -> dict | None:  # type: ignore[type-arg]
+    """The run of ``key`` with the median rate (of the last invocation's
+    ``--reps``; with an even count, the slower of the middle two), with how
+    many runs there were and their range."""
     runs = data.get("runs", {}).get(key)
-    return runs[-1] if runs else None
+    if not runs:
+        return None
+    ordered = sorted(runs, key=lambda r: r["rate"])
+    typical = dict(ordered[(len(ordered) - 1) // 2])
+    typical["_reps"] = len(runs)
+    typical["_range"] = (ordered[0]["rate"], ordered[-1]["rate"])
+    return typical
+
+
+def _rate(r: dict) -> str:  # type: ignore[type-arg]
+    """A row's rate: the median run's, and the range when there were several."""
+    text = f"{r['rate']:,.0f}"
+    if r.get("_reps", 1) > 1:
+        low, high = r["_range"]
+        text += f" ({low:,.0f} to {high:,.0f})"
+    return text
 
 
 def render(data: dict) -> str:  # type: ignore[type-arg]
@@ -369,10 +387,10 @@ def render(data: dict) -> str:  # type: ignore[type-arg]
     sizes = sorted({int(k.rsplit(".", 1)[1]) for k in runs if k.startswith("pg.")})
     for n in sizes:
         for mode, label in LABELS.items():
-            r = _last(data, f"pg.{mode}.{n}")
+            r = _typical(data, f"pg.{mode}.{n}")
             if r:
                 lines.append(f"| PostgreSQL, process_due(limit=1000), {label} | {n:,} |"
-                             f" {r['rate']:,.0f} | {' · '.join(f'{f:,.0f}' for f in r['fifths'])}"
+                             f" {_rate(r)} | {' · '.join(f'{f:,.0f}' for f in r['fifths'])}"
                              f" | {r['_load1']} |")
         for key, label in (("pgbench_ceiling", "one-client SQL ceiling (pgbench_ref.py,"
                             " claims of 100, analysed)"),
@@ -380,12 +398,12 @@ def render(data: dict) -> str:  # type: ignore[type-arg]
                             " default batch size, analysed"),
                            ("scheduler", "in-process scheduler, defaults,"
                             " never analysed")):
-            r = _last(data, f"pg.{key}.{n}")
+            r = _typical(data, f"pg.{key}.{n}")
             if r:
-                lines.append(f"| PostgreSQL, {label} | {n:,} | {r['rate']:,.0f} | |"
+                lines.append(f"| PostgreSQL, {label} | {n:,} | {_rate(r)} | |"
                              f" {r['_load1']} |")
     for key in sorted(k for k in runs if k.startswith(("sqlite.", "big."))):
-        r = runs[key][-1]
+        r = _typical(data, key) or {}
         what, n = key.rsplit(".", 1)
         label = {
             "sqlite.plain": "SQLite, process_due(limit=1000)",
@@ -400,11 +418,11 @@ def render(data: dict) -> str:  # type: ignore[type-arg]
         if "done" in r and r["done"] < r["n"]:
             extra += f" (stopped after {r['elapsed']:.0f} s, {r['done']:,} done)"
         fifth = " · ".join(f"{f:,.0f}" for f in r.get("fifths", []))
-        lines.append(f"| {label}{extra} | {int(n):,} | {r['rate']:,.0f} | {fifth} |"
+        lines.append(f"| {label}{extra} | {int(n):,} | {_rate(r)} | {fifth} |"
                      f" {r['_load1']} |")
 
     def rate(key: str) -> float | None:
-        r = _last(data, key)
+        r = _typical(data, key)
         return None if r is None else float(r["rate"])
 
     goals = ["", "| goal | measured | target | met |", "|---|---:|---:|---|"]
@@ -418,7 +436,7 @@ def render(data: dict) -> str:  # type: ignore[type-arg]
         a, u = rate(f"pg.analysed.{n}"), rate(f"pg.unanalysed.{n}")
         goal(f"never analysed / analysed, {n:,} jobs", u / a if a and u else None, 0.9)
     n = max(sizes) if sizes else 0
-    snap = _last(data, f"pg.snapshot.{n}")
+    snap = _typical(data, f"pg.snapshot.{n}")
     if snap:
         goal(f"old snapshot: last fifth / first fifth, {n:,} jobs",
              snap["fifths"][4] / snap["fifths"][0], 0.8)
@@ -437,7 +455,10 @@ def render(data: dict) -> str:  # type: ignore[type-arg]
         goal("scheduler never analysed / SQL ceiling at the default batch size",
              sched / same if sched else None, 0.6)
     started = data.get("started", "?")
-    return "\n".join([f"Run started {started}; 1-minute load average per row (2 cores).", "",
+    reps = max((len(v) for v in runs.values()), default=1)
+    each = (f"rows measured {reps} times show the median run, with the range of rates in"
+            " brackets; " if reps > 1 else "")
+    return "\n".join([f"Run started {started}; {each}1-minute load average per row (2 cores).", "",
                        *lines, *goals])
 
 
