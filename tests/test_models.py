@@ -94,11 +94,16 @@ def test_revisions_0006_and_0007_make_the_counts_and_payload_index_of_the_sql_fi
     kept = _migration(MIGRATION.parent / "0007_kept_counts.py")
     assert kept.ENDED == models.ENDED_SQL
     remade = {" ".join(statement.split()) for statement in kept.UPGRADE}
-    upgraded = remade | {" ".join(statement.split()) for statement in counted.UPGRADE}
+    first = {" ".join(statement.split()) for statement in counted.UPGRADE}
+    upgraded = remade | first
     assert {name for name, statement in made.items() if statement not in upgraded} == set()
     # 0007 redefines what counts: the function and the insert trigger
     assert made["after_create.count_function"] in remade
     assert made["after_create.count_insert"] in remade
+    # and its downgrade puts back 0006's own statements, under the same lock
+    restored = [" ".join(statement.split()) for statement in kept.DOWNGRADE]
+    assert restored[0] == " ".join(kept.UPGRADE[0].split())
+    assert [s for s in restored[1:] if s not in first] == []
 
 
 @pytest.mark.parametrize("dialect", sql.DIALECTS)
